@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Install what the project needs on a fresh Debian machine: FFCV's system
+# libraries (apt), a virtual environment in .venv, the CPU build of torch when
+# no GPU is present, then the package with its test extras. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+
+need_apt=()
+pkg-config --exists opencv4 2>/dev/null || need_apt+=(libopencv-dev)
+pkg-config --exists libturbojpeg 2>/dev/null || need_apt+=(libturbojpeg0-dev)
+command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+if [ "${WITH_SLURM:-0}" = 1 ]; then
+  command -v slurmctld >/dev/null || need_apt+=(slurm-wlm munge)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing system packages: ${need_apt[*]}"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+PIP="$VENV/bin/python -m pip"
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
+    $PIP install -q "torch>=2.1"
+  else
+    # a bare `torch` requirement pulls a multi-GB CUDA build: take the CPU wheel first
+    $PIP install -q torch==2.13.0
+  fi
+fi
+$PIP install -q -e ".[test]"

@@ -1,0 +1,250 @@
+"""The experiment spec: a TOML file parsed field by field into frozen dataclasses.
+
+Every user mistake (missing file, bad TOML, unknown field, wrong type, value out
+of range) raises :class:`SpecError` with one sentence naming the field and value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+
+DATASETS = ("digits", "cifar10")
+SAMPLERS = ("fixed", "bernoulli")
+MODELS = ("linear", "mlp", "cnn", "resnet9")
+TRAINERS = ("batched", "ffcv")
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str = "experiment"
+    seed: int = 0
+    n_models: int = 1000
+    alpha: float = 0.5
+    sampler: str = "fixed"  # "fixed": exactly round(alpha * n) examples; "bernoulli": each with prob alpha
+    block_size: int = 250  # model indices per job (one worker call trains one block)
+
+    def validate(self) -> None:
+        _check(0.0 < self.alpha < 1.0, "experiment.alpha", self.alpha, "must lie strictly between 0 and 1")
+        _check(self.n_models >= 1, "experiment.n_models", self.n_models, "must be at least 1")
+        _check(self.block_size >= 1, "experiment.block_size", self.block_size, "must be at least 1")
+        _check(self.sampler in SAMPLERS, "experiment.sampler", self.sampler, f"must be one of {SAMPLERS}")
+        _check(self.seed >= 0, "experiment.seed", self.seed, "must be non-negative")
+
+
+@dataclass(frozen=True)
+class Data:
+    dataset: str = "digits"
+    n_train: int = 1300  # size of the training pool; the rest of the dataset becomes the target set
+    split_seed: int = 0
+    root: str = ""  # local folder with the raw dataset (cifar10: the python-pickle archive)
+
+    def validate(self) -> None:
+        _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"must be one of {DATASETS}")
+        _check(self.n_train >= 2, "data.n_train", self.n_train, "must be at least 2")
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str = "mlp"
+    hidden: tuple[int, ...] = (64, 64)  # MLP widths
+    width: int = 16  # CNN channels
+
+    def validate(self) -> None:
+        _check(self.name in MODELS, "model.name", self.name, f"must be one of {MODELS}")
+        _check(all(h >= 1 for h in self.hidden), "model.hidden", list(self.hidden), "must hold positive widths")
+        _check(self.width >= 1, "model.width", self.width, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Trainer:
+    kind: str = "batched"
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    models_per_batch: int = 250  # models trained at once by the batched trainer
+    threads: int = 1  # torch threads per worker process
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        _check(self.kind in TRAINERS, "trainer.kind", self.kind, f"must be one of {TRAINERS}")
+        _check(self.epochs >= 1, "trainer.epochs", self.epochs, "must be at least 1")
+        _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "must be at least 1")
+        _check(self.lr > 0, "trainer.lr", self.lr, "must be positive")
+        _check(0 <= self.momentum < 1, "trainer.momentum", self.momentum, "must lie in [0, 1)")
+        _check(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "must be non-negative")
+        _check(0 <= self.label_smoothing < 1, "trainer.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
+        _check(self.models_per_batch >= 1, "trainer.models_per_batch", self.models_per_batch, "must be at least 1")
+        _check(self.threads >= 1, "trainer.threads", self.threads, "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Targets:
+    # Named target sets whose margins every model records, in this order:
+    # "test" is the held-out split; "train" is the training pool itself
+    # (train-set datamodels, for leakage and near-duplicates).
+    sets: tuple[str, ...] = ("test",)
+
+    def validate(self) -> None:
+        _check(len(self.sets) >= 1, "targets.sets", list(self.sets), "must name at least one target set")
+        for s in self.sets:
+            _check(s in ("test", "train"), "targets.sets", s, "must be 'test' or 'train'")
+        _check(len(set(self.sets)) == len(self.sets), "targets.sets", list(self.sets), "must not repeat a set")
+
+
+@dataclass(frozen=True)
+class Fit:
+    holdout: int = 500  # the last `holdout` models are never fitted on: they measure LDS
+    val_fraction: float = 0.1  # share of the remaining models that choose lambda
+    n_lambdas: int = 50
+    lambda_ratio: float = 1e-3  # smallest lambda / each target's lambda_max
+    max_iter: int = 200
+    tol: float = 1e-4
+
+    def validate(self) -> None:
+        _check(self.holdout >= 0, "fit.holdout", self.holdout, "must be non-negative")
+        _check(0 < self.val_fraction < 1, "fit.val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
+        _check(self.n_lambdas >= 1, "fit.n_lambdas", self.n_lambdas, "must be at least 1")
+        _check(0 < self.lambda_ratio < 1, "fit.lambda_ratio", self.lambda_ratio, "must lie strictly between 0 and 1")
+        _check(self.max_iter >= 1, "fit.max_iter", self.max_iter, "must be at least 1")
+        _check(self.tol > 0, "fit.tol", self.tol, "must be positive")
+
+
+SECTIONS: dict[str, type] = {
+    "experiment": Experiment,
+    "data": Data,
+    "model": Model,
+    "trainer": Trainer,
+    "targets": Targets,
+    "fit": Fit,
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    experiment: Experiment = field(default_factory=Experiment)
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    trainer: Trainer = field(default_factory=Trainer)
+    targets: Targets = field(default_factory=Targets)
+    fit: Fit = field(default_factory=Fit)
+
+    def validate(self) -> "Spec":
+        for name in SECTIONS:
+            getattr(self, name).validate()
+        _check(
+            self.fit.holdout < self.experiment.n_models,
+            "fit.holdout",
+            self.fit.holdout,
+            f"must be smaller than experiment.n_models ({self.experiment.n_models})",
+        )
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
+
+    def hash(self) -> str:
+        """Hash of what determines the stored rows (fit settings excluded: refits are free)."""
+        d = self.to_dict()
+        d.pop("fit")
+        blob = json.dumps(d, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def replace(self, **sections: dict[str, Any]) -> "Spec":
+        """A copy with some fields changed: ``spec.replace(experiment={"n_models": 10})``."""
+        new = {name: dataclasses.replace(getattr(self, name), **_coerce_section(name, vals))
+               for name, vals in sections.items()}
+        return dataclasses.replace(self, **new).validate()
+
+
+def _plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _check(ok: bool, field_name: str, value: Any, why: str) -> None:
+    if not ok:
+        raise SpecError(f"{field_name} = {value!r} {why}.")
+
+
+def _coerce_section(section: str, raw: Any) -> dict[str, Any]:
+    cls = SECTIONS[section]
+    if not isinstance(raw, dict):
+        raise SpecError(f"[{section}] must be a table of fields, got {raw!r}.")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise SpecError(
+                f"{section}.{key} is not a known field (known: {', '.join(sorted(known))})."
+            )
+        out[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return out
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (inner, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise SpecError(f"{name} = {value!r} must be a list.")
+        return tuple(_coerce(name, inner, v) for v in value)
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif hint is str:
+        ok = isinstance(value, str)
+    else:  # pragma: no cover - every field has one of the hints above
+        ok = True
+    if not ok:
+        raise SpecError(f"{name} = {value!r} must be of type {hint.__name__}.")
+    return value
+
+
+def spec_from_dict(raw: dict[str, Any]) -> Spec:
+    if not isinstance(raw, dict):
+        raise SpecError(f"the spec must be a table of sections, got {raw!r}.")
+    for section in raw:
+        if section not in SECTIONS:
+            raise SpecError(f"[{section}] is not a known section (known: {', '.join(SECTIONS)}).")
+    sections = {name: SECTIONS[name](**_coerce_section(name, raw.get(name, {}))) for name in SECTIONS}
+    return Spec(**sections).validate()
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"spec file {str(path)!r} does not exist.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"spec file {str(path)!r} is not valid TOML ({e}).") from None
+    return spec_from_dict(raw)
+
+
+def diff_specs(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Dotted names of the fields where two spec dicts differ (fit settings excluded)."""
+    out = []
+    for section in SECTIONS:
+        if section == "fit":
+            continue
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for key in sorted(set(sa) | set(sb)):
+            if sa.get(key) != sb.get(key):
+                out.append(f"{section}.{key} (stored {sa.get(key)!r}, given {sb.get(key)!r})")
+    return out
