@@ -1,0 +1,100 @@
+"""A run directory: the spec, the dataset files, the store and the fitted datamodels together.
+
+    RUN/spec.toml          the spec the store was made from (a copy)
+    RUN/data/*.beton       training pool and target sets
+    RUN/store.zarr         masks, margins, done flags (datamodels.store)
+    RUN/datamodels.zarr    fitted weights (datamodels.regress)
+    RUN/report/            plots and summary
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import beton_paths, build_dataset
+from .errors import StoreError
+from .spec import Spec, load_spec
+from .store import Store, TargetSet
+
+
+def beton_length(path: Path) -> int:
+    from ffcv.reader import Reader
+
+    return int(Reader(str(path)).num_samples)
+
+
+@dataclass(frozen=True)
+class Run:
+    path: Path
+
+    @property
+    def spec_path(self) -> Path:
+        return self.path / "spec.toml"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def store_path(self) -> Path:
+        return self.path / "store.zarr"
+
+    @property
+    def fit_path(self) -> Path:
+        return self.path / "datamodels.zarr"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / "report"
+
+    @property
+    def spec(self) -> Spec:
+        return load_spec(self.spec_path)
+
+    def store(self, mode: str = "r+") -> Store:
+        return Store.open(self.store_path, self.spec, mode=mode)
+
+
+def target_sets(spec: Spec, data_dir: Path) -> tuple[int, list[TargetSet]]:
+    """(n_train, target sets with their column ranges in the margins array)."""
+    paths = beton_paths(data_dir)
+    n_train = beton_length(paths["train"])
+    sizes = {"train": n_train, "test": beton_length(paths["test"])}
+    out, start = [], 0
+    for name in spec.targets.sets:
+        out.append(TargetSet(name, start, start + sizes[name]))
+        start += sizes[name]
+    return n_train, out
+
+
+def init_run(spec_path: str | Path, out: str | Path, force: bool = False) -> Run:
+    """Create RUN from a spec: write the dataset files and an empty store at full size.
+
+    An existing run made from the same spec is reused as it is; one made from a
+    different spec is refused unless `force` (then its rows are lost).
+    """
+    spec = load_spec(spec_path)
+    run = Run(Path(out))
+    if run.store_path.exists() and not force:
+        Store.open(run.store_path, spec)  # raises, naming the fields, if the spec differs
+        return run
+    if force and run.path.exists():
+        for p in (run.store_path, run.fit_path, run.report_dir):
+            if p.exists():
+                shutil.rmtree(p)
+    run.path.mkdir(parents=True, exist_ok=True)
+    if Path(spec_path).resolve() != run.spec_path.resolve():
+        shutil.copyfile(spec_path, run.spec_path)
+    build_dataset(spec.data, run.data_dir)
+    n_train, targets = target_sets(spec, run.data_dir)
+    Store.create(run.store_path, spec, n_train, targets, force=force)
+    return run
+
+
+def open_run(path: str | Path) -> Run:
+    run = Run(Path(path))
+    if not run.spec_path.is_file() or not run.store_path.exists():
+        raise StoreError(f"run directory {str(run.path)!r} has no spec.toml and store.zarr; run `datamodels init` first.")
+    return run

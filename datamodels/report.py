@@ -1,0 +1,161 @@
+"""The demo's report: LDS on held-out models, a predicted-vs-actual scatter, a target beside its
+top influencers, written as PNG files plus summary.json."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from .errors import DatamodelsError
+from .evaluate import LDSResult, lds
+from .experiment import Run
+
+
+def load_fit(run: Run):
+    from .regress import Datamodels
+
+    if not run.fit_path.exists():
+        raise DatamodelsError(f"run {str(run.path)!r} has no fitted datamodels; run `datamodels fit {run.path}` first.")
+    return Datamodels.load(run.fit_path)
+
+
+def heldout_rows(run: Run) -> np.ndarray:
+    """Indices of the done models the fit never saw (the last fit.holdout of the run)."""
+    store = run.store(mode="r")
+    start = store.n_models - store.spec.fit.holdout
+    done = store.done_mask()
+    return np.flatnonzero(done[start:]) + start
+
+
+def heldout_lds(run: Run, dm=None) -> LDSResult:
+    dm = dm if dm is not None else load_fit(run)
+    store = run.store(mode="r")
+    rows = heldout_rows(run)
+    masks, margins = store.read(rows)
+    return lds(dm.predict(masks), margins, alpha=store.spec.experiment.alpha, runs_per_subset=1,
+               source=f"models {rows.min() if len(rows) else 0}..{store.n_models - 1} of the store, never fitted")
+
+
+def _check_target(run: Run, dm, target: int) -> None:
+    k = dm.coef_.shape[1]
+    if not 0 <= target < k:
+        raise DatamodelsError(f"target = {target} does not exist: the run has targets 0..{k - 1}.")
+
+
+def top_influencers(run: Run, target: int, top: int = 10, dm=None) -> dict:
+    """The `top` most positive and most negative training examples for one target."""
+    dm = dm if dm is not None else load_fit(run)
+    _check_target(run, dm, target)
+    w = np.asarray(dm.coef_[:, target])
+    order = np.argsort(w)
+    pos = [i for i in order[::-1][:top] if w[i] > 0]
+    neg = [i for i in order[:top] if w[i] < 0]
+    return {
+        "target": target,
+        "bias": float(dm.intercept_[target]),
+        "lambda": float(dm.lam_[target]),
+        "positive": [{"train_index": int(i), "weight": float(w[i])} for i in pos],
+        "negative": [{"train_index": int(i), "weight": float(w[i])} for i in neg],
+    }
+
+
+def _target_images(run: Run):
+    """(target images float[k, ...], target labels int[k], train images, train labels) in margins order."""
+    from .data import load_split
+
+    store = run.store(mode="r")
+    splits = {s: load_split(run.data_dir, s) for s in ("train", "test")}
+    xs = [splits[t.name][0].numpy() for t in store.targets]
+    ys = [splits[t.name][1].numpy() for t in store.targets]
+    return np.concatenate(xs), np.concatenate(ys), splits["train"][0].numpy(), splits["train"][1].numpy()
+
+
+def _show(ax, img: np.ndarray) -> None:
+    img = np.asarray(img)
+    if img.ndim == 3 and img.shape[0] in (1, 3):
+        img = np.moveaxis(img, 0, -1)
+    if img.ndim == 3 and img.shape[-1] == 1:
+        img = img[..., 0]
+    lo, hi = float(img.min()), float(img.max())
+    ax.imshow((img - lo) / (hi - lo + 1e-8), cmap="gray_r" if img.ndim == 2 else None)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_influencers(path, target_img, target_label, infl: dict, train_x, train_y, n: int = 5) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, n + 1, figsize=(1.6 * (n + 1), 3.6))
+    for row, key in enumerate(("positive", "negative")):
+        _show(axes[row, 0], target_img)
+        axes[row, 0].set_title(f"target {infl['target']}\nlabel {target_label}", fontsize=8)
+        for c in range(n):
+            ax = axes[row, c + 1]
+            ax.axis("off")
+            if c < len(infl[key]):
+                e = infl[key][c]
+                _show(ax, train_x[e["train_index"]])
+                ax.axis("on")
+                ax.set_title(f"#{e['train_index']} y={train_y[e['train_index']]}\nw={e['weight']:+.3f}", fontsize=7)
+        axes[row, 1].set_ylabel(f"top {key}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_scatter(path, predicted: np.ndarray, actual: np.ndarray, res: LDSResult) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4))
+    rng = np.random.default_rng(0)
+    pick = rng.choice(predicted.size, size=min(20000, predicted.size), replace=False)
+    ax = axes[0]
+    ax.scatter(predicted.ravel()[pick], actual.ravel()[pick], s=2, alpha=0.25)
+    lo = float(min(predicted.min(), actual.min()))
+    hi = float(max(predicted.max(), actual.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+    ax.set_xlabel("predicted margin  (mask @ W + b)")
+    ax.set_ylabel("actual margin")
+    ax.set_title(f"held-out models: {res.n_models}, targets: {res.n_targets}")
+    ax = axes[1]
+    ax.hist(res.per_target[np.isfinite(res.per_target)], bins=40)
+    ax.axvline(res.lds, color="k", ls="--")
+    ax.set_xlabel("Spearman per target")
+    ax.set_title(f"LDS = {res.lds:.3f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run: Run) -> dict:
+    dm = load_fit(run)
+    store = run.store(mode="r")
+    rows = heldout_rows(run)
+    masks, actual = store.read(rows)
+    predicted = dm.predict(masks)
+    res = lds(predicted, actual, alpha=store.spec.experiment.alpha, runs_per_subset=1,
+              source="held-out models of the store, never fitted")
+    out = run.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    plot_scatter(out / "lds_scatter.png", predicted, actual, res)
+    tx, ty, trx, try_ = _target_images(run)
+    # the best-predicted target makes the clearest example
+    target = int(np.nanargmax(res.per_target))
+    infl = top_influencers(run, target, 5, dm=dm)
+    plot_influencers(out / "influencers.png", tx[target], int(ty[target]), infl, trx, try_)
+    summary = {
+        "lds": res.summary(),
+        "example_target": infl,
+        "spec": store.spec.to_dict(),
+        "n_models_done": store.status()["done"],
+        "files": ["lds_scatter.png", "influencers.png"],
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary

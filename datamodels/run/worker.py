@@ -1,0 +1,122 @@
+"""The worker: train a block of model indices and write their rows into the store.
+
+Called in-process by the local executor and as
+``python -m datamodels.run.worker RUN --indices 0:250`` by a SLURM array task.
+A worker is safe to kill at any point: a row counts only once its done flag is
+written, after its mask and margins, and rows already done are skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatamodelsError
+from ..experiment import Run, open_run
+from ..masks import sample_masks
+
+
+def limit_threads(n: int) -> None:
+    """Pin this process to n threads: two 2-thread workers on 2 cores run many times slower."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:  # already set in this process
+        pass
+
+
+@lru_cache(maxsize=2)
+def _train_data(run_path: str):
+    from ..train import load_train_data
+
+    run = Run(Path(run_path))
+    return load_train_data(run.spec, run.data_dir)
+
+
+def run_block(run: Run, indices, progress: bool = False) -> int:
+    """Train the not-yet-done models among `indices` and write their rows. Returns rows written."""
+    from ..train import train_block
+
+    store = run.store()
+    spec = store.spec
+    indices = np.asarray(indices, dtype=np.int64)
+    done = store.done_mask()
+    todo = indices[~done[indices]]
+    if len(todo) == 0:
+        return 0
+    e = spec.experiment
+    masks = sample_masks(e.seed, todo, store.n_train, e.alpha, e.sampler)
+    try:
+        out = train_block(spec, _train_data(str(run.path)), todo, masks, progress=progress)
+    except Exception as exc:  # record why, per row, then fail the job loudly
+        reason = f"{type(exc).__name__}: {exc}"
+        for i in todo:
+            store.record_failure(int(i), reason)
+        raise
+    written = 0
+    for r, i in enumerate(todo):
+        written += store.write_row(int(i), masks[r], out["margins"][r])
+    return written
+
+
+def parse_indices(text: str) -> np.ndarray:
+    """'0:250' or '3,7,9' or a mix: '0:10,20:30,42'."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                lo, hi = part.split(":")
+                out.extend(range(int(lo), int(hi)))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise DatamodelsError(f"--indices part {part!r} is neither an index nor a lo:hi range.") from None
+    return np.asarray(out, dtype=np.int64)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m datamodels.run.worker", description=__doc__)
+    p.add_argument("run", help="run directory")
+    p.add_argument("--indices", help="model indices, e.g. 0:250 or 3,7,9")
+    p.add_argument("--blocks", help="JSON file of index blocks; the block is chosen by --task or SLURM_ARRAY_TASK_ID")
+    p.add_argument("--task", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        run = open_run(args.run)
+        limit_threads(run.spec.trainer.threads)
+        if args.blocks:
+            import json
+
+            task = args.task if args.task is not None else int(os.environ["SLURM_ARRAY_TASK_ID"])
+            blocks = json.loads(open(args.blocks).read())
+            indices = parse_indices(blocks[task])
+        elif args.indices:
+            indices = parse_indices(args.indices)
+        else:
+            raise DatamodelsError("give --indices or --blocks.")
+        n = run_block(run, indices)
+        print(f"wrote {n} rows")
+        return 0
+    except DatamodelsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception:
+        traceback.print_exc()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
