@@ -1,0 +1,81 @@
+"""Shared fixtures: small real runs on digits, and the `gpu` marker's skip."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS_SPEC = REPO / "jobs" / "digits.toml"
+
+
+def _has_gpu() -> tuple[bool, str]:
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() > 0:
+            return True, ""
+        return False, "CuPy sees no CUDA device"
+    except Exception as e:  # noqa: BLE001 - any failure means no usable GPU
+        return False, f"no CUDA GPU with CuPy here ({type(e).__name__})"
+
+
+def pytest_collection_modifyitems(config, items):
+    ok, why = _has_gpu()
+    if ok:
+        return
+    skip = pytest.mark.skip(reason=f"gpu test skipped: {why}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_spec(path: Path, **sections) -> Path:
+    """Write the digits spec with some fields changed: write_spec(p, experiment={"n_models": 40})."""
+    raw = tomllib.loads(DIGITS_SPEC.read_text())
+    for name, fields in sections.items():
+        raw.setdefault(name, {}).update(fields)
+    lines = []
+    for name, fields in raw.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+# A small, quick experiment on real digits: linear models, few epochs.
+SMALL = dict(
+    experiment={"n_models": 60, "block_size": 20, "name": "small"},
+    model={"name": "linear"},
+    trainer={"epochs": 4, "batch_size": 64, "lr": 0.05, "models_per_batch": 20},
+    fit={"holdout": 10, "n_lambdas": 10},
+)
+
+
+@pytest.fixture
+def small_spec(tmp_path) -> Path:
+    return write_spec(tmp_path / "small.toml", **SMALL)
+
+
+@pytest.fixture(scope="session")
+def digits_data_dir(tmp_path_factory) -> Path:
+    """The digits pool and targets as .beton files, written once per session."""
+    from datamodels.data import build_dataset
+    from datamodels.spec import load_spec
+
+    d = tmp_path_factory.mktemp("digits_data")
+    build_dataset(load_spec(DIGITS_SPEC).data, d)
+    return d
