@@ -13,10 +13,10 @@ from .experiment import Run
 
 
 def load_fit(run: Run):
-    from .regress import Datamodels
-
     if not run.fit_path.exists():
         raise DatamodelsError(f"run {str(run.path)!r} has no fitted datamodels; run `datamodels fit {run.path}` first.")
+    from .regress import Datamodels
+
     return Datamodels.load(run.fit_path)
 
 
