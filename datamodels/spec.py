@@ -111,6 +111,8 @@ class Fit:
     lambda_ratio: float = 1e-3  # smallest lambda / each target's lambda_max
     max_iter: int = 200
     tol: float = 1e-4
+    exclude_self: bool = True  # "train" targets are fitted only on models whose subset excludes them
+    block_targets: int = 1024  # targets solved together: bounds memory; the unit a fit resumes from
 
     def validate(self) -> None:
         _check(self.holdout >= 0, "fit.holdout", self.holdout, "must be non-negative")
@@ -119,6 +121,7 @@ class Fit:
         _check(0 < self.lambda_ratio < 1, "fit.lambda_ratio", self.lambda_ratio, "must lie strictly between 0 and 1")
         _check(self.max_iter >= 1, "fit.max_iter", self.max_iter, "must be at least 1")
         _check(self.tol > 0, "fit.tol", self.tol, "must be positive")
+        _check(self.block_targets >= 1, "fit.block_targets", self.block_targets, "must be at least 1")
 
 
 SECTIONS: dict[str, type] = {

@@ -1,0 +1,275 @@
+"""The `Datamodels` estimator: masks and margins in, one sparse linear model per target out.
+
+scikit-learn's estimator contract: ``__init__`` only stores settings, ``fit``
+returns ``self``, learned attributes end in ``_``. Weights are kept and saved
+in raw mask units (``margins ~= masks @ coef_ + intercept_``); standardisation
+lives inside the fit only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import DatamodelsError
+from .moments import Moments, Problem, accumulate, standardise, validation_problem
+from .solver import lasso_path, lasso_single
+
+FORMAT = "datamodels-fit"
+FORMAT_VERSION = 1
+SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol")
+
+
+def _err(field: str, value: Any, why: str) -> DatamodelsError:
+    return DatamodelsError(f"{field} = {value!r} {why}.")
+
+
+class Datamodels:
+    """A lasso-path datamodel per target, lambda chosen on the last models.
+
+    Convention (scikit-learn's ``Lasso``): for target t, on the training rows,
+    masks standardised per column (mean and population std of the training
+    rows), margins centred, the objective is::
+
+        1/(2 m) ||y_t - Xs w_t - b_t||^2 + lam_t ||w_t||_1
+
+    so ``lam_`` is sklearn's ``alpha``. The grid runs from each target's own
+    lambda_max = max_j |Xs_j . yc_t| / m geometrically down to
+    ``lambda_ratio * lambda_max`` in ``n_lambdas`` steps. The lambda with the
+    smallest MSE on the validation rows (the last ``ceil(val_fraction * m)``
+    rows) is chosen, then the model is refitted on all m rows (standardised
+    with the statistics of all rows) at that lambda.
+
+    Parameters: n_lambdas, lambda_ratio, val_fraction; max_iter caps the
+    solver's epochs per lambda; tol is the relative duality gap at which a
+    target stops (objective <= optimum * (1 + tol)); exclude_self: int[k] or
+    None, per target the training index it is (-1 for none): target j is then
+    fitted only on the models whose subset excludes that example; xp: array
+    namespace for the solver (None: NumPy; also CuPy, torch via
+    array-api-compat); block_targets: targets solved together (bounds memory,
+    unit of resumption in :func:`fit_store`); progress: show a tqdm bar.
+
+    Learned: coef_ float32[n, k]; intercept_ float32[k]; lam_ (= alpha_)
+    float64[k]; lambdas_ float64[n_lambdas, k]; val_mse_path_ float64[n_lambdas, k]
+    (NaN beyond a target's early stop); val_mse_ float64[k] at the chosen lambda;
+    n_nonzero_ int64[k].
+    """
+
+    def __init__(self, n_lambdas=50, lambda_ratio=1e-3, val_fraction=0.1, max_iter=200, tol=1e-4,
+                 exclude_self=None, xp=None, block_targets=1024, progress=False):
+        self.n_lambdas = n_lambdas
+        self.lambda_ratio = lambda_ratio
+        self.val_fraction = val_fraction
+        self.max_iter = max_iter
+        self.tol = tol
+        self.exclude_self = exclude_self
+        self.xp = xp
+        self.block_targets = block_targets
+        self.progress = progress
+
+    # ------------------------------------------------------------------ settings
+    def _validate(self) -> None:
+        if not (isinstance(self.n_lambdas, (int, np.integer)) and self.n_lambdas >= 1):
+            raise _err("n_lambdas", self.n_lambdas, "must be an integer of at least 1")
+        if not (0 < float(self.lambda_ratio) < 1):
+            raise _err("lambda_ratio", self.lambda_ratio, "must lie strictly between 0 and 1")
+        if not (0 < float(self.val_fraction) < 1):
+            raise _err("val_fraction", self.val_fraction, "must lie strictly between 0 and 1")
+        if not (isinstance(self.max_iter, (int, np.integer)) and self.max_iter >= 1):
+            raise _err("max_iter", self.max_iter, "must be an integer of at least 1")
+        if not float(self.tol) > 0:
+            raise _err("tol", self.tol, "must be positive")
+        if not (isinstance(self.block_targets, (int, np.integer)) and self.block_targets >= 1):
+            raise _err("block_targets", self.block_targets, "must be an integer of at least 1")
+
+    def settings(self) -> dict[str, Any]:
+        return {s: (float(getattr(self, s)) if isinstance(getattr(self, s), float) else int(getattr(self, s)))
+                for s in SETTINGS}
+
+    def _xp(self):
+        if self.xp is None:
+            return np
+        return self.xp
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, masks, margins) -> "Datamodels":
+        """masks: bool[m, n] (rows in model order); margins: float[m, k]. Returns self."""
+        self._validate()
+        masks = np.asarray(masks)
+        margins = np.asarray(margins)
+        if masks.ndim != 2:
+            raise _err("masks.shape", masks.shape, "must be 2-D (models x training examples)")
+        if margins.ndim != 2 or margins.shape[0] != masks.shape[0]:
+            raise _err("margins.shape", margins.shape, f"must be 2-D with {masks.shape[0]} rows like masks")
+        if masks.dtype != bool and not np.isin(masks, (0, 1)).all():
+            raise _err("masks", "non-0/1 values", "must hold only 0 and 1")
+        if not np.isfinite(margins).all():
+            raise _err("margins", "non-finite values", "must be finite (drop rows not yet done)")
+        m, k = margins.shape
+        n_val = self.n_val(m)
+        exclude = self._exclude(k, masks.shape[1])
+
+        def rows(lo: int, hi: int, block: int = 8192) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for s in range(lo, hi, block):
+                e = min(hi, s + block)
+                yield masks[s:e], margins[s:e]
+
+        self._fit_rows(rows, m, n_val, masks.shape[1], k, exclude)
+        return self
+
+    def n_val(self, m: int) -> int:
+        n_val = int(math.ceil(float(self.val_fraction) * m))
+        if m - n_val < 2 or n_val < 1:
+            raise _err("masks.shape[0]", m, f"leaves {m - n_val} training and {n_val} validation models "
+                       f"at val_fraction = {self.val_fraction}; at least 2 and 1 are needed")
+        return n_val
+
+    def _exclude(self, k: int, n: int) -> np.ndarray | None:
+        if self.exclude_self is None:
+            return None
+        ex = np.asarray(self.exclude_self)
+        if ex.shape != (k,) or not np.issubdtype(ex.dtype, np.integer):
+            raise _err("exclude_self", f"array of shape {ex.shape} and dtype {ex.dtype}",
+                       f"must be an integer array of shape ({k},)")
+        if ((ex < -1) | (ex >= n)).any():
+            raise _err("exclude_self", int(ex[(ex < -1) | (ex >= n)][0]), f"must be -1 or a training index in 0..{n - 1}")
+        return ex
+
+    def _fit_rows(self, rows: Callable, m: int, n_val: int, n: int, k: int, exclude,
+                  blocks_done: Callable | None = None, on_block: Callable | None = None,
+                  prior: dict | None = None) -> None:
+        """Shared by fit and fit_store: `rows(lo, hi)` yields (masks, margins) blocks in order."""
+        n_tr = m - n_val
+        y0 = _first_mean(rows, n_tr, k)
+        tr, va = Moments.zeros(n, k, y0), Moments.zeros(n, k, y0)
+        for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
+            for mb, yb in rows(lo, hi):
+                accumulate(acc, mb, yb, xp=np)
+        out = prior if prior is not None else _empty(n, k, self.n_lambdas)
+        bt = int(self.block_targets)
+        starts = list(range(0, k, bt))
+        it = starts
+        if self.progress:
+            from tqdm.auto import tqdm
+            it = tqdm(starts, desc="fit", unit="block", total=len(starts))
+        for b, s in enumerate(it):
+            if blocks_done is not None and blocks_done(b):
+                continue
+            sl = slice(s, min(k, s + bt))
+            res = self._fit_block(tr.targets(sl), va.targets(sl), rows, n_tr, m,
+                                  None if exclude is None else exclude[sl])
+            for key, v in res.items():
+                out[key][..., sl] = v
+            if on_block is not None:
+                on_block(b, sl, res)
+        self._set(out)
+
+    def _fit_block(self, tr: Moments, va: Moments, rows, n_tr: int, m: int, exclude) -> dict[str, np.ndarray]:
+        k = tr.sy.shape[0]
+        res = _empty(tr.sx.shape[0], k, self.n_lambdas)
+        plain = np.arange(k) if exclude is None else np.flatnonzero(exclude < 0)
+        if len(plain):
+            r = self._solve(tr.targets(plain), va.targets(plain))
+            for key, v in r.items():
+                res[key][..., plain] = v
+        if exclude is not None:
+            for s in np.unique(exclude[exclude >= 0]):
+                tg = np.flatnonzero(exclude == s)
+                y0 = tr.y0[tg]
+                trs, vas = Moments.zeros(tr.sx.shape[0], len(tg), y0), Moments.zeros(tr.sx.shape[0], len(tg), y0)
+                for lo, hi, acc in ((0, n_tr, trs), (n_tr, m, vas)):
+                    for mb, yb in rows(lo, hi):
+                        keep = ~np.asarray(mb[:, s], dtype=bool)
+                        accumulate(acc, mb[keep], np.asarray(yb)[keep][:, tg], xp=np)
+                if trs.count < 2 or vas.count < 1:
+                    raise _err("exclude_self", int(s), f"leaves {trs.count} training and {vas.count} validation "
+                               "models without that example; at least 2 and 1 are needed")
+                r = self._solve(trs, vas)
+                for key, v in r.items():
+                    res[key][..., tg] = v
+        return res
+
+    def _solve(self, tr: Moments, va: Moments) -> dict[str, np.ndarray]:
+        """Path on the training rows, lambda on the validation rows, refit on all rows."""
+        xp = self._xp()
+        P = standardise(tr)
+        V = validation_problem(va, P)
+        A = standardise(tr + va)
+        ratios = np.geomspace(1.0, float(self.lambda_ratio), int(self.n_lambdas))
+        lambdas = ratios[:, None] * P.lambda_max()[None, :]
+        dt = xp.float64
+        res = lasso_path(xp.asarray(P.G, dtype=dt), xp.asarray(P.C, dtype=dt), xp.asarray(P.yy, dtype=dt),
+                         lambdas, val=(xp.asarray(V.G, dtype=dt), xp.asarray(V.C, dtype=dt), xp.asarray(V.yy, dtype=dt)),
+                         tol=float(self.tol), max_iter=int(self.max_iter), xp=xp)
+        k = lambdas.shape[1]
+        lam = lambdas[res.best, np.arange(k)]
+        coef_tr, _ = P.to_raw(res.w_best)
+        W, _, _ = lasso_single(xp.asarray(A.G, dtype=dt), xp.asarray(A.C, dtype=dt), xp.asarray(A.yy, dtype=dt),
+                               lam, A.from_raw(coef_tr), tol=float(self.tol), max_iter=int(self.max_iter), xp=xp)
+        coef, intercept = A.to_raw(W)
+        return {
+            "coef": coef, "intercept": intercept, "lam": lam, "lambdas": lambdas,
+            "val_mse_path": res.val_mse, "val_mse": res.val_mse[res.best, np.arange(k)],
+            "n_nonzero": np.count_nonzero(coef, axis=0),
+        }
+
+    def _set(self, out: dict[str, np.ndarray]) -> None:
+        self.coef_ = out["coef"].astype(np.float32)
+        self.intercept_ = out["intercept"].astype(np.float32)
+        self.lam_ = out["lam"].astype(np.float64)
+        self.lambdas_ = out["lambdas"]
+        self.val_mse_path_ = out["val_mse_path"]
+        self.val_mse_ = out["val_mse"]
+        self.n_nonzero_ = out["n_nonzero"].astype(np.int64)
+
+    @property
+    def alpha_(self) -> np.ndarray:
+        return self.lam_
+
+    # ------------------------------------------------------------------ use
+    def predict(self, masks) -> np.ndarray:
+        """masks: bool[m, n] -> predicted margins float32[m, k]."""
+        self._check_fitted()
+        masks = np.asarray(masks)
+        if masks.ndim != 2 or masks.shape[1] != self.coef_.shape[0]:
+            raise _err("masks.shape", masks.shape, f"must be 2-D with {self.coef_.shape[0]} columns")
+        return (masks.astype(np.float32) @ self.coef_ + self.intercept_).astype(np.float32)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise DatamodelsError("this Datamodels is not fitted yet = True; call fit() or load() first.")
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path) -> None:
+        """Write a zarr group: weight [n, k], bias [k], lam [k], lambdas, val metrics, settings."""
+        self._check_fitted()
+        from .storage import write_fit
+        write_fit(path, self)
+
+    @classmethod
+    def load(cls, path) -> "Datamodels":
+        from .storage import read_fit
+        return read_fit(path, cls)
+
+
+def _empty(n: int, k: int, L: int) -> dict[str, np.ndarray]:
+    return {
+        "coef": np.zeros((n, k)), "intercept": np.zeros(k), "lam": np.zeros(k),
+        "lambdas": np.zeros((L, k)), "val_mse_path": np.full((L, k), np.nan), "val_mse": np.zeros(k),
+        "n_nonzero": np.zeros(k, dtype=np.int64),
+    }
+
+
+def _first_mean(rows, n_tr: int, k: int) -> np.ndarray:
+    """A shift for the margins (mean of the first block) so float sums do not cancel."""
+    for _, yb in rows(0, n_tr):
+        return np.asarray(yb, dtype=np.float64).mean(axis=0)
+    return np.zeros(k)
+
+
+def settings_json(settings: dict) -> str:
+    return json.dumps(settings, sort_keys=True)
