@@ -6,17 +6,30 @@ Layout (created once, at full size, by the driver)::
     margins   float32[m, k]   chunk (1, k)  NaN until written
     done      bool[m]         chunk (1,)    set only after the row is written
     failure   str[m]          chunk (1,)    last failure reason of a row ("" if none)
-    attrs     spec, spec hash, targets, package versions, created-at
+    attrs     spec, spec hash, targets, masks source, package versions, created-at, jobs
+
+    consolidated/             written by :meth:`Store.consolidate` for fast reading
+      masks   uint8[m, ceil(n/8)]  chunk (R, .)  np.packbits of the mask rows (big bit order)
+      margins float32[m, k]        chunk (R, k)
+      done    bool[m]              one chunk     the done flags it was made from
 
 zarr has no locks, so every row lives in chunks of its own: two workers never
 touch the same chunk, and a worker killed mid-row leaves the row not done (the
 done flag is written last; LocalStore writes each chunk by atomic rename).
+A chunk shared by rows loses rows when two processes write it at once: each
+reads the chunk, sets its row and writes the whole chunk back, and the last
+writer wins (tests/test_store_concurrency.py shows it).
+
+Reading a million one-row chunks is slow, so a finished store is consolidated
+into large chunks; :meth:`Store.read` uses them while the done flags still
+equal the ones they were made from, and the row chunks otherwise.
 """
 
 from __future__ import annotations
 
 import datetime
 import importlib.metadata
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +42,9 @@ from .masks import sample_mask
 from .spec import Spec, diff_specs, spec_from_dict
 
 FORMAT_VERSION = 1
+CONSOLIDATED = "consolidated"
+MASK_SOURCES = ("sampler", "imported")
+CHUNK_BYTES = 1 << 25  # ~32 MB per consolidated chunk: few files, and a block of rows stays small in memory
 
 
 def _versions() -> dict[str, str]:
@@ -39,6 +55,10 @@ def _versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = "absent"
     return out
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -57,15 +77,20 @@ class Store:
         attrs = dict(group.attrs)
         self.spec: Spec = spec_from_dict(attrs["spec"])
         self.targets = [TargetSet(**t) for t in attrs["targets"]]
+        # "sampler": row i's mask is sample_mask(seed, i) (checked on write);
+        # "imported": masks came from files (the public release) and no model can be trained into it
+        self.masks_source: str = attrs.get("masks_source", "sampler")
         self.n_models, self.n_train = group["masks"].shape
         self.n_targets = group["margins"].shape[1]
 
     # ------------------------------------------------------------------ create/open
     @classmethod
     def create(cls, path: str | Path, spec: Spec, n_train: int, targets: list[TargetSet],
-               force: bool = False) -> "Store":
+               force: bool = False, masks_source: str = "sampler") -> "Store":
         """Create the store at full size. Refuses to replace an existing store unless `force`."""
         path = Path(path)
+        if masks_source not in MASK_SOURCES:
+            raise StoreError(f"masks_source = {masks_source!r} must be one of {MASK_SOURCES}.")
         if path.exists():
             if not force:
                 raise StoreError(f"store {str(path)!r} already exists; pass --force to replace it (its rows are lost).")
@@ -82,8 +107,9 @@ class Store:
             "spec": spec.to_dict(),
             "spec_hash": spec.hash(),
             "targets": [t.__dict__ for t in targets],
+            "masks_source": masks_source,
             "versions": _versions(),
-            "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created_at": _now(),
             "jobs": [],
         })
         return cls(path, root)
@@ -110,6 +136,12 @@ class Store:
             raise StoreError(f"store {str(path)!r} has chunks {chunks}: each row needs chunks of its own.")
         return store
 
+    def require_trainable(self) -> None:
+        """Refuse to train into a store whose masks were not drawn by the spec's sampler."""
+        if self.masks_source != "sampler":
+            raise StoreError(f"store {str(self.path)!r} has masks_source = {self.masks_source!r}: its masks came "
+                             "from files, so no model can be trained into it.")
+
     # ------------------------------------------------------------------ rows
     def expected_mask(self, index: int) -> np.ndarray:
         e = self.spec.experiment
@@ -134,11 +166,11 @@ class Store:
             raise StoreError(
                 f"row {index} has mask shape {mask.shape} and margins shape {margins.shape}; "
                 f"the store needs ({self.n_train},) and ({self.n_targets},).")
-        if not np.array_equal(mask, self.expected_mask(index)):
+        if self.masks_source == "sampler" and not np.array_equal(mask, self.expected_mask(index)):
             raise StoreError(f"row {index}'s mask is not the one the spec's sampler draws for that model.")
         bad = ~np.isfinite(margins)
         if bad.any():
-            self.record_failure(index, f"{int(bad.sum())} non-finite margins (first at target {int(np.argmax(bad))})")
+            self.record_failure(index, _nonfinite_reason(bad))
             return False
         self.group["masks"][index] = mask
         self.group["margins"][index] = margins
@@ -147,24 +179,106 @@ class Store:
             self.group["failure"][index] = ""
         return True
 
+    def write_rows(self, start: int, masks: np.ndarray, margins: np.ndarray) -> int:
+        """Bulk write rows start..start+len (imports): every row's chunks, then the done flags.
+
+        masks: bool[b, n]; margins: float[b, k]. Rows already done are left as
+        they are; rows with non-finite margins stay not done with the failure
+        recorded. Returns the number of rows newly done.
+        """
+        masks = np.asarray(masks, dtype=bool)
+        margins = np.asarray(margins, dtype=np.float32)
+        b = len(masks)
+        if masks.shape != (b, self.n_train) or margins.shape != (b, self.n_targets):
+            raise StoreError(f"rows have mask shape {masks.shape} and margins shape {margins.shape}; the store "
+                             f"needs ({b}, {self.n_train}) and ({b}, {self.n_targets}).")
+        if not (0 <= start and start + b <= self.n_models):
+            raise StoreError(f"rows {start}..{start + b - 1} fall outside the store's 0..{self.n_models - 1}.")
+        if self.masks_source == "sampler":
+            for r in range(b):
+                if not np.array_equal(masks[r], self.expected_mask(start + r)):
+                    raise StoreError(f"row {start + r}'s mask is not the one the spec's sampler draws for that model.")
+        done = self.done_mask()[start:start + b]
+        finite = np.isfinite(margins)
+        ok = finite.all(axis=1) & ~done
+        for r in np.flatnonzero(~finite.all(axis=1) & ~done):
+            self.record_failure(start + int(r), _nonfinite_reason(~finite[r]))
+        if not ok.any():
+            return 0
+        runs = _runs(ok)  # a done row is never rewritten: write around it
+        for s, e in runs:
+            self.group["masks"][start + s:start + e] = masks[s:e]
+            self.group["margins"][start + s:start + e] = margins[s:e]
+        for s, e in runs:  # done flags only after every row's data is durable
+            self.group["done"][start + s:start + e] = True
+        return int(ok.sum())
+
     def record_failure(self, index: int, reason: str) -> None:
         self.group["failure"][index] = str(reason)[:500]
 
     # ------------------------------------------------------------------ reading
     def done_mask(self) -> np.ndarray:
         """done: bool[m]."""
+        fast = self._done_from_listing()
+        if fast is not None:
+            return fast
+        return self.done_mask_reference()
+
+    def done_mask_reference(self) -> np.ndarray:
+        """done: bool[m], read chunk by chunk through zarr (slow: one file per row)."""
         return np.asarray(self.group["done"][:])
+
+    def _done_from_listing(self) -> np.ndarray | None:
+        """done: bool[m] from the names of the done array's chunk files, or None if that can't be trusted.
+
+        zarr writes no chunk that equals the fill value (False) and removes one set
+        back to it, so with one-element chunks under the default "c/<i>" key
+        encoding the chunk files are exactly the done rows: a directory listing
+        instead of m file reads (2 ms instead of 0.7 s for 5,000 rows).
+        """
+        arr = self.group["done"]
+        enc = arr.metadata.chunk_key_encoding
+        if (getattr(enc, "name", None) != "default" or getattr(enc, "separator", None) != "/"
+                or arr.chunks != (1,) or bool(arr.fill_value)):
+            return None
+        d = self.path / "done" / "c"
+        out = np.zeros(self.n_models, dtype=bool)
+        try:
+            names = os.listdir(d)
+        except FileNotFoundError:
+            return out if (self.path / "done" / "zarr.json").is_file() else None
+        idx = np.fromiter((int(x) for x in names if x.isdigit()), dtype=np.int64)
+        out[idx[idx < self.n_models]] = True
+        return out
 
     def missing(self) -> np.ndarray:
         """Indices of rows not yet done, ascending."""
         return np.flatnonzero(~self.done_mask())
 
     def failures(self) -> dict[int, str]:
+        """{model index: reason} of rows whose last attempt failed and that are not done."""
         reasons = np.asarray(self.group["failure"][:])
         return {int(i): str(reasons[i]) for i in np.flatnonzero(reasons != "")}
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(masks bool[len, n], margins float32[len, k]) for the given row indices."""
+        """(masks bool[len, n], margins float32[len, k]) for the given row indices.
+
+        Served from the consolidated arrays when they are current, else from the row chunks.
+        """
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(indices) == 0:
+            return np.zeros((0, self.n_train), bool), np.zeros((0, self.n_targets), np.float32)
+        lo, hi = int(indices.min()), int(indices.max()) + 1
+        c = self.consolidated()
+        if c is not None:
+            packed = np.asarray(c["masks"][lo:hi])[indices - lo]
+            masks = np.unpackbits(packed, axis=1, count=self.n_train).view(bool)
+            margins = np.asarray(c["margins"][lo:hi])[indices - lo]
+            return masks, margins
+        return self.read_rows(indices)
+
+    def read_rows(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reference read: (masks, margins) from the one-row chunks."""
         indices = np.asarray(indices, dtype=np.int64)
         if len(indices) == 0:
             return np.zeros((0, self.n_train), bool), np.zeros((0, self.n_targets), np.float32)
@@ -183,6 +297,58 @@ class Store:
             "failed": len(self.failures()),
         }
 
+    # ------------------------------------------------------------------ consolidation
+    def consolidated(self) -> zarr.Group | None:
+        """The consolidated group if it exists and was made from the current done flags, else None."""
+        if CONSOLIDATED not in self.group:
+            return None
+        c = self.group[CONSOLIDATED]
+        if not c.attrs.get("complete"):
+            return None
+        if not np.array_equal(np.asarray(c["done"][:]), self.done_mask()):
+            return None  # rows were written since: the row chunks are the truth
+        return c
+
+    def consolidate(self, rows_per_chunk: int | None = None, progress: bool = True) -> dict:
+        """Copy masks (bit-packed) and margins into chunks of many rows, for fast reading.
+
+        Rows not done are copied as they are (mask False, margins NaN) so that
+        :meth:`read` returns the same either way. Rerunning replaces an old copy.
+        Returns {"rows_per_chunk", "n_done", "bytes"}.
+        """
+        from tqdm.auto import tqdm
+
+        m, n, k = self.n_models, self.n_train, self.n_targets
+        nb = (n + 7) // 8
+        R = rows_per_chunk or max(1, min(m, CHUNK_BYTES // max(4 * k, nb, 1)))
+        if R < 1:
+            raise StoreError(f"rows_per_chunk = {R} must be at least 1.")
+        done = self.done_mask()
+        tmp = "_" + CONSOLIDATED + "_tmp"
+        if (self.path / tmp).exists():  # left by a consolidate that was killed
+            shutil.rmtree(self.path / tmp)
+        g = self.group.create_group(tmp)
+        # random bits and float margins barely compress: no compressor, so reading is a plain copy
+        g.create_array("masks", shape=(m, nb), chunks=(R, nb), dtype="uint8", fill_value=0, compressors=None)
+        g.create_array("margins", shape=(m, k), chunks=(R, k), dtype="float32", fill_value=np.nan,
+                       compressors=None)
+        g.create_array("done", shape=(m,), chunks=(max(m, 1),), dtype=bool, fill_value=False)
+        for s in tqdm(range(0, m, R), desc="consolidate", unit="chunk", disable=not progress):
+            e = min(m, s + R)
+            masks, margins = self.read_rows(np.arange(s, e))
+            g["masks"][s:e] = np.packbits(masks, axis=1)
+            g["margins"][s:e] = margins
+        g["done"][:] = done
+        g.attrs.update({"complete": True, "n_done": int(done.sum()), "rows_per_chunk": int(R),
+                        "bitorder": "big", "created_at": _now()})
+        # swap in by renaming the directory: a reader sees the old copy or the new one, never half
+        final = self.path / CONSOLIDATED
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(self.path / tmp, final)
+        size = sum(f.stat().st_size for f in final.rglob("*") if f.is_file())
+        return {"rows_per_chunk": int(R), "n_done": int(done.sum()), "bytes": int(size)}
+
     # ------------------------------------------------------------------ bookkeeping
     def add_jobs(self, records: list[dict]) -> None:
         """Record submitted jobs (driver only: attrs are one shared file)."""
@@ -191,3 +357,13 @@ class Store:
     @property
     def jobs(self) -> list[dict]:
         return list(self.group.attrs.get("jobs", []))
+
+
+def _nonfinite_reason(bad: np.ndarray) -> str:
+    return f"{int(bad.sum())} non-finite margins (first at target {int(np.argmax(bad))})"
+
+
+def _runs(ok: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) runs of True in ok."""
+    edges = np.diff(np.concatenate([[0], ok.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist()))
