@@ -80,7 +80,9 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
     B, bs = len(indices), tr.batch_size
     model = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
     rngs = [model_rng(spec.experiment.seed, int(i), INIT_STREAM) for i in indices]
-    params = [p.requires_grad_() for p in init_params(model, rngs, device)]
+    params = init_params(model, rngs, device)
+    if not hasattr(model, "grads"):
+        params = [p.requires_grad_() for p in params]
     bufs = [torch.zeros_like(p) for p in params]
     subsets = [np.flatnonzero(m) for m in masks]
     sizes = np.array([len(s) for s in subsets])
@@ -89,8 +91,12 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
     total_steps = int(n_batches.max()) * tr.epochs  # steps of the longest model
     own_total = n_batches * tr.epochs  # each model's schedule runs over its own steps
     x_pool, y_pool = data.x, data.y
+    by_hand = hasattr(model, "grads")
+    if by_hand:  # class probabilities per pool example, label smoothing included
+        eps = tr.label_smoothing
+        q_pool = F.one_hot(y_pool, data.n_classes).float() * (1 - eps) + eps / data.n_classes
     step = 0
-    for _epoch in range(tr.epochs):
+    for epoch in range(tr.epochs):
         idx_np, valid_np = epoch_order(rngs, subsets, bs)
         idx = torch.from_numpy(idx_np).to(device)
         if ragged:
@@ -99,21 +105,24 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
             # equal sizes: every model's partial last batch has the same length, so slice it
             sl = slice(s * bs, (s + 1) * bs if ragged else min((s + 1) * bs, int(sizes[0])))
             ib = idx[:, sl]
-            logits = model.forward(params, x_pool[ib])  # [B, bs, C]
-            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pool[ib].reshape(-1),
-                                 reduction="none", label_smoothing=tr.label_smoothing).view(B, -1)
-            if ragged:
+            if ragged:  # each model's mean over its own valid examples
                 w = valid[:, sl]
-                loss = ((ce * w).sum(1) / w.sum(1).clamp(min=1)).sum()
+                scale = w / w.sum(1, keepdim=True).clamp(min=1)
             else:
-                loss = ce.mean(1).sum()
-            grads = torch.autograd.grad(loss, params)
+                scale = torch.full((B, 1), 1.0 / ib.shape[1], device=device)
+            if by_hand:
+                with torch.no_grad():
+                    grads = model.grads(params, x_pool[ib], q_pool[ib], scale)
+            else:
+                logits = model.forward(params, x_pool[ib])  # [B, b, C]
+                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pool[ib].reshape(-1),
+                                     reduction="none", label_smoothing=tr.label_smoothing).view(B, -1)
+                grads = torch.autograd.grad((ce * scale).sum(), params)
             with torch.no_grad():
                 if ragged:
-                    _masked_sgd_step(params, grads, bufs, tr, step, own_total, n_batches, _epoch, s)
+                    _masked_sgd_step(params, grads, bufs, tr, own_total, n_batches, epoch, s)
                 else:
-                    lr = lr_at(tr, step, int(own_total[0]))
-                    _sgd_step(params, grads, bufs, tr, lr)
+                    _sgd_step(params, grads, bufs, tr, lr_at(tr, step, int(own_total[0])))
             step += 1
             if pbar is not None:
                 pbar.update(B / (total_steps or 1))
@@ -133,7 +142,7 @@ def _sgd_step(params, grads, bufs, tr, lr: float) -> None:
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
-def _masked_sgd_step(params, grads, bufs, tr, step, own_total, n_batches, epoch, s) -> None:
+def _masked_sgd_step(params, grads, bufs, tr, own_total, n_batches, epoch, s) -> None:
     """SGD for ragged chunks: models past their epoch's last batch do not step at all."""
     active = s < n_batches  # [B] numpy
     own_step = epoch * n_batches + s  # each model's own step counter (valid where active)

@@ -1,0 +1,47 @@
+"""The slow reference: one model trained alone with a plain PyTorch loop.
+
+Same init, same data order and same subset as the batched trainer gives model
+``index`` (both come from ``model_rng(seed, index, stream=1)``), but an
+``nn.Module`` and ``torch.optim.SGD`` instead of stacked tensors. The test of
+the batched trainer and the benchmark compare against it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..masks import model_rng
+from .batched import INIT_STREAM, epoch_order, init_params, lr_at
+from .margins import outputs_from_logits
+from .models import stacked_model
+
+
+def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) -> dict[str, np.ndarray]:
+    """Train model ``index`` on ``mask: bool[n]`` alone; {"margins": float32[k], ...}."""
+    tr = spec.trainer
+    stacked = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
+    rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
+    net = stacked.to_module(init_params(stacked, [rng], data.x.device))
+    opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    subset = np.flatnonzero(mask)
+    bs = tr.batch_size
+    n_batches = -(-len(subset) // bs)
+    step = 0
+    for _epoch in range(tr.epochs):
+        idx, _valid = epoch_order([rng], [subset], bs)
+        order = torch.from_numpy(idx[0, :len(subset)]).to(data.x.device)
+        for s in range(n_batches):
+            ib = order[s * bs:(s + 1) * bs]
+            loss = F.cross_entropy(net(data.x[ib]), data.y[ib], label_smoothing=tr.label_smoothing)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(tr, step, n_batches * tr.epochs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    net.eval()
+    with torch.no_grad():
+        out = outputs_from_logits(net(data.target_x), data.target_y, outputs)
+    return {k: v.cpu().numpy() for k, v in out.items()}
