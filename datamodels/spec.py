@@ -21,6 +21,7 @@ DATASETS = ("digits", "cifar10")
 SAMPLERS = ("fixed", "bernoulli")
 MODELS = ("linear", "mlp", "cnn", "resnet9")
 TRAINERS = ("batched", "ffcv")
+LR_SCHEDULES = ("constant", "triangle")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,12 @@ class Trainer:
     models_per_batch: int = 250  # models trained at once by the batched trainer
     threads: int = 1  # torch threads per worker process
     device: str = "cpu"
+    # "constant", or "triangle": lr rises linearly from 0 to `lr` at
+    # lr_peak_epoch, then falls linearly to 0 at the last step (the one-cycle
+    # shape of the fast CIFAR-10 recipes)
+    lr_schedule: str = "constant"
+    lr_peak_epoch: float = 2.0
+    nesterov: bool = False
 
     def validate(self) -> None:
         _check(self.kind in TRAINERS, "trainer.kind", self.kind, f"must be one of {TRAINERS}")
@@ -87,6 +94,12 @@ class Trainer:
         _check(0 <= self.label_smoothing < 1, "trainer.label_smoothing", self.label_smoothing, "must lie in [0, 1)")
         _check(self.models_per_batch >= 1, "trainer.models_per_batch", self.models_per_batch, "must be at least 1")
         _check(self.threads >= 1, "trainer.threads", self.threads, "must be at least 1")
+        _check(self.lr_schedule in LR_SCHEDULES, "trainer.lr_schedule", self.lr_schedule,
+               f"must be one of {LR_SCHEDULES}")
+        _check(self.lr_schedule != "triangle" or 0 <= self.lr_peak_epoch <= self.epochs,
+               "trainer.lr_peak_epoch", self.lr_peak_epoch, f"must lie between 0 and trainer.epochs ({self.epochs})")
+        _check(not self.nesterov or self.momentum > 0, "trainer.nesterov", self.nesterov,
+               "needs trainer.momentum > 0")
 
 
 @dataclass(frozen=True)
