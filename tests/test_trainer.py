@@ -76,3 +76,37 @@ def test_margins_match_logits(digits):
     # and the function itself on a hand-made case (ties are not correct)
     lg = torch.tensor([[[2.0, 5.0, 1.0], [3.0, 3.0, 0.0]]])
     np.testing.assert_allclose(margins_from_logits(lg, torch.tensor([1, 0])).numpy(), [[3.0, 0.0]])
+
+
+# Batched and alone differ only in float32 rounding: bmm and nn.Linear's mm sum
+# their products in different orders (~1e-7 relative per op), and ~160 SGD
+# steps carry that forward; measured differences are <= 5e-6 on margins of size
+# ~5. 1e-4 leaves 20x headroom, while anything a wrong batched trainer would do
+# (another data order, another init, a leaked or missing example, a momentum
+# step while waiting) moves margins by > 1e-2 (the last assertion checks it).
+AGREE_ATOL = 1e-4
+
+
+@pytest.mark.parametrize(
+    "model,sampler,extra",
+    [
+        ({"name": "linear"}, "fixed", {}),
+        ({"name": "mlp"}, "fixed", {"label_smoothing": 0.1}),
+        ({"name": "mlp"}, "bernoulli", {"lr_schedule": "triangle", "lr_peak_epoch": 0.5, "nesterov": True}),
+        ({"name": "cnn", "width": 4}, "bernoulli", {"label_smoothing": 0.1}),
+    ],
+)
+def test_batched_equals_each_model_trained_alone(digits, model, sampler, extra):
+    from datamodels.train.reference import train_one
+
+    spec, data = digits
+    spec = spec.replace(model=model, trainer={"epochs": 2, "batch_size": 8, "lr": 0.02, **extra})
+    n = data.x.shape[0]
+    masks = sample_masks(3, np.arange(3), n, 0.5, sampler)
+    batched = train_block(spec, data, [7, 8, 9], masks)["margins"]
+    for r, index in enumerate([7, 8, 9]):
+        alone = train_one(spec, data, index, masks[r])["margins"]
+        np.testing.assert_allclose(batched[r], alone, rtol=0, atol=AGREE_ATOL)
+    leaked = masks[0].copy()
+    leaked[np.flatnonzero(~leaked)[0]] = True
+    assert np.abs(train_one(spec, data, 7, leaked)["margins"] - batched[0]).max() > 1e-2

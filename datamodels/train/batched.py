@@ -34,15 +34,13 @@ EVAL_ROWS = 1 << 17  # models x targets evaluated per forward pass (bounds eval 
 
 
 def lr_at(trainer, step: int, total: int) -> float:
-    """Learning rate at optimizer step ``step`` of ``total`` (per model)."""
-    if getattr(trainer, "lr_schedule", "constant") == "constant":
+    """Learning rate at optimizer step ``step`` of a model's ``total`` steps."""
+    if trainer.lr_schedule == "constant":
         return trainer.lr
-    # "linear": warm up over the first warmup fraction, then decay linearly to 0
-    # (the one-cycle shape of the fast CIFAR recipes; lets a short run use a high lr)
-    warm = max(1, int(round(trainer.warmup * total)))
-    if step < warm:
-        return trainer.lr * (step + 1) / warm
-    return trainer.lr * max(0.0, (total - step) / max(1, total - warm))
+    # "triangle", sampled at the middle of each step so no step has lr 0
+    peak = trainer.lr_peak_epoch / trainer.epochs * total
+    t = step + 0.5
+    return trainer.lr * float(np.interp(t, [0.0, peak, float(total)], [0.0, 1.0, 0.0]))
 
 
 def init_params(model, rngs, device) -> list[Tensor]:
@@ -138,7 +136,10 @@ def _sgd_step(params, grads, bufs, tr, lr: float) -> None:
     if tr.momentum:
         torch._foreach_mul_(bufs, tr.momentum)
         torch._foreach_add_(bufs, grads)
-        grads = bufs
+        if tr.nesterov:
+            grads = torch._foreach_add(grads, bufs, alpha=tr.momentum)
+        else:
+            grads = bufs
     torch._foreach_add_(params, grads, alpha=-lr)
 
 
@@ -157,7 +158,7 @@ def _masked_sgd_step(params, grads, bufs, tr, own_total, n_batches, epoch, s) ->
             g = g + tr.weight_decay * p
         if tr.momentum:
             b.copy_(torch.where(a > 0, b * tr.momentum + g, b))
-            g = b
+            g = g + tr.momentum * b if tr.nesterov else b
         p.add_(g * neg_lr.view(shape))
 
 

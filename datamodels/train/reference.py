@@ -24,7 +24,8 @@ def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) ->
     stacked = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
     rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
     net = stacked.to_module(init_params(stacked, [rng], data.x.device))
-    opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay)
+    opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
+                          nesterov=tr.nesterov)
     subset = np.flatnonzero(mask)
     bs = tr.batch_size
     n_batches = -(-len(subset) // bs)
