@@ -1,4 +1,5 @@
-"""The `datamodels` command: init, run, status, fit, eval, query, report, demo.
+"""The `datamodels` command: init, run, status, fit, eval, query, report, demo;
+consolidate, import and export for the store.
 
 User mistakes print one sentence and exit 2 (no traceback); nothing stored is lost.
 """
@@ -51,12 +52,9 @@ def cmd_status(a) -> int:
     run = open_run(a.run)
     store = run.store(mode="r")
     st = store.status()
-    try:
-        from .run.slurm import job_states
+    from .run.slurm import job_states
 
-        st.update(job_states(store))
-    except ImportError:
-        pass
+    st.update(job_states(store))
     fails = store.failures()
     if a.json:
         st["failures"] = {str(k): v for k, v in fails.items()}
@@ -115,6 +113,48 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_consolidate(a) -> int:
+    from .experiment import open_run
+
+    run = open_run(a.run)
+    store = run.store()
+    t0 = time.time()
+    res = store.consolidate(progress=not a.quiet)
+    res.update(n_models=int(store.n_models), seconds=round(time.time() - t0, 2))
+    if res["n_done"] < store.n_models:
+        print(f"note: {store.n_models - res['n_done']} rows are not done; writing one makes the consolidated "
+              "copy stale (reads fall back to the row chunks) until you consolidate again", file=sys.stderr)
+    _print_json(res)
+    return 0
+
+
+def cmd_import(a) -> int:
+    from .interop import import_fit, import_release
+
+    run = import_release(a.run, a.masks, a.margins, a.train_margins, holdout=a.holdout, dataset=a.dataset,
+                         name=a.name, force=a.force, progress=not a.quiet)
+    store = run.store(mode="r")
+    out = {"run": str(run.path), **store.status()}
+    if a.datamodels:
+        dm = import_fit(a.datamodels, run.fit_path, n_train=store.n_train)
+        out.update(fit=str(run.fit_path), fit_targets=int(dm.coef_.shape[1]))
+    _print_json(out)
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .experiment import open_run
+    from .interop import export_fit, export_store
+
+    run = open_run(a.run)
+    store = run.store(mode="r")
+    files = export_store(store, a.out, margins_dtype="float32" if a.float32 else "float16", progress=not a.quiet)
+    if not a.no_fit and run.fit_path.exists():
+        files.update(export_fit(run.fit_path, a.out, formats=tuple(a.fit_format), targets=store.targets))
+    _print_json(files)
+    return 0
+
+
 def cmd_demo(a) -> int:
     """init -> run -> fit -> eval -> report on the built-in digits dataset, reusing what is done."""
     from .experiment import init_run
@@ -158,18 +198,42 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=("local", "slurm"), default="local")
     s.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores / threads)")
     s.add_argument("--quiet", action="store_true")
-    try:
-        from .run.slurm import add_slurm_arguments
+    from .run.slurm import add_slurm_arguments
 
-        add_slurm_arguments(s)
-    except ImportError:
-        pass
+    add_slurm_arguments(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("status", help="done, missing and failed rows")
     s.add_argument("run")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("consolidate", help="rechunk a finished store into large chunks for fast reading")
+    s.add_argument("run")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_consolidate)
+
+    s = sub.add_parser("import", help="make a run from the public datamodels release files (.npy, .pt)")
+    s.add_argument("run", help="run directory to create")
+    s.add_argument("--masks", required=True, help="bool [m, n] .npy (train_masks_*.npy)")
+    s.add_argument("--margins", required=True, help="float16 [m, k] .npy of the test targets (test_margins_*.npy)")
+    s.add_argument("--train-margins", help="float16 [m, n] .npy of the training examples (train_margins_*.npy)")
+    s.add_argument("--datamodels", nargs="+", help=".pt file(s) {weight [n, k], bias [k], lam [k]}, in target order")
+    s.add_argument("--holdout", type=int, default=0, help="last rows the fit never uses (the release appends 10,000)")
+    s.add_argument("--dataset", default="cifar10", help="recorded in the spec (default cifar10)")
+    s.add_argument("--name", default="imported")
+    s.add_argument("--force", action="store_true", help="replace an existing store (its rows are lost)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_import)
+
+    s = sub.add_parser("export", help="write done rows and the fit in the public release layout")
+    s.add_argument("run")
+    s.add_argument("out", help="output directory: masks.npy, margins.npy, model_indices.npy, datamodels.pt")
+    s.add_argument("--float32", action="store_true", help="margins as float32 (default float16, as released)")
+    s.add_argument("--fit-format", nargs="+", choices=("pt", "npy"), default=["pt"])
+    s.add_argument("--no-fit", action="store_true", help="skip the fitted datamodels")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_export)
 
     s = sub.add_parser("fit", help="fit one lasso datamodel per target")
     s.add_argument("run")

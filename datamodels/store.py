@@ -128,7 +128,9 @@ class Store:
                 f"store format_version = {root.attrs.get('format_version')!r} is not {FORMAT_VERSION}.")
         store = cls(path, root)
         if spec is not None:
-            diffs = diff_specs(root.attrs["spec"], spec.to_dict())
+            # compare with the stored spec read through today's Spec, so that a field added
+            # to Spec since the store was made counts as its default, not as a difference
+            diffs = diff_specs(store.spec.to_dict(), spec.to_dict())
             if diffs:
                 raise StoreError(f"store {str(path)!r} was made from another spec: " + "; ".join(diffs) + ".")
         chunks = (root["masks"].chunks, root["margins"].chunks, root["done"].chunks)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-MAX_ARRAY_SIZE = 51  # small, so that 200 models in blocks of a few split into several arrays
+MAX_ARRAY_SIZE = 4  # tiny, so that a test of ~10 tasks splits into several arrays (real clusters: 1,001+)
 CPUS = 2
 PARTITION = "debug"
 

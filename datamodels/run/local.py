@@ -1,16 +1,28 @@
-"""The local executor: a process pool on one machine, each worker training blocks of models."""
+"""The local executor: a process pool on one machine, each worker training blocks of models.
+
+Same semantics as the SLURM executor: the blocks are the store's missing
+indices, a worker skips rows already done, and a row counts only once its done
+flag is written. A worker that dies (SIGKILL, out of memory) breaks the pool;
+the executor starts a fresh pool for the blocks not finished, up to
+``max_restarts`` times, and whatever is still missing after that is trained by
+the next ``datamodels run``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from ..experiment import Run
 from .blocks import split_blocks
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def _init_worker(threads: int) -> None:
@@ -29,36 +41,78 @@ def default_workers(threads: int) -> int:
     return max(1, (os.cpu_count() or 1) // threads)
 
 
-def run_local(run: Run, workers: int | None = None, progress: bool = True) -> dict:
+@contextlib.contextmanager
+def _thread_env(threads: int):
+    """Thread limits in the environment the spawned workers inherit.
+
+    They must be set before a worker imports numpy and torch (unpickling the
+    task imports them, before any initializer runs): BLAS pools size themselves
+    once, at import.
+    """
+    old = {v: os.environ.get(v) for v in THREAD_VARS}
+    os.environ.update({v: str(threads) for v in THREAD_VARS})
+    try:
+        yield
+    finally:
+        for v, x in old.items():
+            if x is None:
+                os.environ.pop(v, None)
+            else:
+                os.environ[v] = x
+
+
+def run_local(run: Run, workers: int | None = None, progress: bool = True, max_restarts: int = 3) -> dict:
     """Train every model not yet done, in blocks, on a pool of `workers` processes.
 
-    Rerunning skips rows already done; a crashed worker loses at most the rows
-    of its current block, which the next run trains again.
+    Returns the store's status plus ``written`` (rows written now), ``errors``
+    (one line per failed block) and ``restarts`` (pools replaced after a worker died).
     """
     store = run.store()
+    store.require_trainable()
     spec = store.spec
     missing = store.missing()
     blocks = split_blocks(missing, spec.experiment.block_size)
-    workers = workers or default_workers(spec.trainer.threads)
+    threads = spec.trainer.threads
+    workers = workers or default_workers(threads)
     bar = tqdm(total=store.n_models, initial=store.n_models - len(missing), desc="models", unit="model",
                disable=not progress, smoothing=0.1)
-    written, errors = 0, []
-    if blocks:
-        # spawn, not fork: zarr's event-loop thread and torch's pools do not survive fork
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(spec.trainer.threads,)) as pool:
-            pending = {pool.submit(_work, str(run.path), b): len(b) for b in blocks}
-            while pending:
-                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
-                for f in finished:
-                    size = pending.pop(f)
-                    try:
-                        written += f.result()
-                    except Exception as e:  # noqa: BLE001 - reported below, other blocks go on
-                        errors.append(f"{type(e).__name__}: {e}")
-                    bar.update(size)
+    errors, restarts = [], 0
+    # spawn, not fork: zarr's event-loop thread and torch's pools do not survive fork
+    ctx = mp.get_context("spawn")
+    with _thread_env(threads):
+        while blocks:
+            left, broken = [], False
+            with ProcessPoolExecutor(min(workers, len(blocks)), mp_context=ctx, initializer=_init_worker,
+                                     initargs=(threads,)) as pool:
+                pending = {pool.submit(_work, str(run.path), b): b for b in blocks}
+                while pending:
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in finished:
+                        b = pending.pop(f)
+                        try:
+                            f.result()
+                        except BrokenProcessPool:
+                            # a worker died: every block not yet finished fails with this; retry them
+                            broken = True
+                            left.append(b)
+                        except Exception as e:  # noqa: BLE001 - a failing block is reported, others go on
+                            errors.append(f"models {int(b[0])}..{int(b[-1])}: {type(e).__name__}: {e}")
+                    bar.n = int(store.done_mask().sum())
+                    bar.refresh()
+            if not broken:
+                break
+            restarts += 1
+            if restarts > max_restarts:
+                errors.append(f"worker processes died {restarts} times; {len(left)} blocks are left "
+                              "for the next run")
+                break
+            # rows finished before the crash are done and the workers skip them
+            done = store.done_mask()
+            blocks = [b[~done[b]] for b in left]
+            blocks = [b for b in blocks if len(b)]
+    bar.n = int(store.done_mask().sum())
     bar.close()
     status = store.status()
-    status.update(written=written, errors=errors)
+    # counted from the done flags: a block cut short by a crash wrote rows but returned nothing
+    status.update(written=status["done"] - (store.n_models - len(missing)), errors=errors, restarts=restarts)
     return status

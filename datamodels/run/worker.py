@@ -1,7 +1,8 @@
 """The worker: train a block of model indices and write their rows into the store.
 
-Called in-process by the local executor and as
-``python -m datamodels.run.worker RUN --indices 0:250`` by a SLURM array task.
+Called in-process by the local executor, and by a SLURM array task as
+``python -m datamodels.run.worker RUN --blocks RUN/jobs/NAME.json --offset 51``
+(block ``offset + SLURM_ARRAY_TASK_ID`` of the file) or with ``--indices 0:250``.
 A worker is safe to kill at any point: a row counts only once its done flag is
 written, after its mask and margins, and rows already done are skipped.
 """
@@ -48,8 +49,12 @@ def run_block(run: Run, indices, progress: bool = False) -> int:
     from ..train import train_block
 
     store = run.store()
+    store.require_trainable()
     spec = store.spec
     indices = np.asarray(indices, dtype=np.int64)
+    if len(indices) and (indices.min() < 0 or indices.max() >= store.n_models):
+        bad = int(indices[(indices < 0) | (indices >= store.n_models)][0])
+        raise DatamodelsError(f"model index = {bad} is outside the store's 0..{store.n_models - 1}.")
     done = store.done_mask()
     todo = indices[~done[indices]]
     if len(todo) == 0:
@@ -93,6 +98,8 @@ def main(argv=None) -> int:
     p.add_argument("--indices", help="model indices, e.g. 0:250 or 3,7,9")
     p.add_argument("--blocks", help="JSON file of index blocks; the block is chosen by --task or SLURM_ARRAY_TASK_ID")
     p.add_argument("--task", type=int, default=None)
+    p.add_argument("--offset", type=int, default=0,
+                   help="added to the task id: arrays past MaxArraySize restart their task ids at 0")
     args = p.parse_args(argv)
     try:
         run = open_run(args.run)
@@ -100,15 +107,29 @@ def main(argv=None) -> int:
         if args.blocks:
             import json
 
-            task = args.task if args.task is not None else int(os.environ["SLURM_ARRAY_TASK_ID"])
-            blocks = json.loads(open(args.blocks).read())
+            if args.task is None and "SLURM_ARRAY_TASK_ID" not in os.environ:
+                raise DatamodelsError("--blocks needs --task or SLURM_ARRAY_TASK_ID.")
+            task = args.offset + (args.task if args.task is not None else int(os.environ["SLURM_ARRAY_TASK_ID"]))
+            try:
+                data = json.loads(Path(args.blocks).read_text())
+                blocks = data["blocks"] if isinstance(data, dict) else list(data)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise DatamodelsError(f"--blocks file {args.blocks!r} is not a readable block list ({e}).") from None
+            if not 0 <= task < len(blocks):
+                raise DatamodelsError(f"block = {task} is outside the {len(blocks)} blocks of {args.blocks!r}.")
             indices = parse_indices(blocks[task])
         elif args.indices:
             indices = parse_indices(args.indices)
         else:
             raise DatamodelsError("give --indices or --blocks.")
         n = run_block(run, indices)
-        print(f"wrote {n} rows")
+        left = indices[~run.store(mode="r").done_mask()[indices]]
+        print(f"wrote {n} rows; {len(indices) - len(left)} of {len(indices)} rows of this block are done")
+        if len(left):
+            fails = run.store(mode="r").failures()
+            why = next((fails[int(i)] for i in left if int(i) in fails), "no reason recorded")
+            print(f"error: {len(left)} rows not done, first model {int(left[0])}: {why}", file=sys.stderr)
+            return 1
         return 0
     except DatamodelsError as e:
         print(f"error: {e}", file=sys.stderr)

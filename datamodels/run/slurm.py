@@ -1,0 +1,400 @@
+"""The SLURM executor: the store's missing models as sbatch job arrays.
+
+``datamodels run RUN --executor slurm`` writes, per submission NAME::
+
+    RUN/jobs/NAME.json           {"store": ..., "blocks": ["0:20", "20:40", ...]}
+    RUN/jobs/NAME-<a>.sbatch     array a, rendered from jobs/slurm_array.sbatch
+    RUN/jobs/logs/<job>_<task>.out
+
+The blocks are split into arrays of at most ``MaxArraySize`` tasks (read from
+``scontrol show config``; ``--max-array-size`` overrides it); task t of an
+array trains block ``offset + t``. Each array's job id is recorded in the
+store, so a later ``run`` resubmits only the rows that are neither done nor in
+a task that ``squeue`` still lists as pending or running, and ``status`` counts
+running and pending models. There is no need for ``sacct``: clusters without
+an accounting database are common in tests and small labs.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shlex
+import shutil
+import string
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..errors import DatamodelsError
+from .blocks import format_indices, split_blocks
+
+if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep torch out of that
+    from ..experiment import Run
+
+TEMPLATE = Path(__file__).resolve().parent.parent.parent / "jobs" / "slurm_array.sbatch"
+DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
+# states in which a task may still write rows
+ACTIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
+                    "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"})
+ENDED_BADLY = frozenset({"FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                         "DEADLINE", "PREEMPTED"})
+
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """What goes into every array of a submission (None: the cluster's default)."""
+
+    partition: str | None = None
+    time: str | None = None  # sbatch --time, e.g. "2:00:00"
+    gpus: int | None = None  # GPUs per task (--gres=gpu:N)
+    mem: str | None = None  # memory per task, e.g. "8G"
+    cpus: int | None = None  # CPUs per task; default: the spec's trainer.threads
+    max_array_size: int | None = None  # override of the cluster's MaxArraySize
+    max_running: int | None = None  # tasks of one array running at once (--array=...%N)
+    block_size: int | None = None  # models per task; default: the spec's experiment.block_size
+    extra: tuple[str, ...] = ()  # further sbatch flags, e.g. ("--account=lab", "--qos=high")
+    template: Path | None = None
+    python: str = field(default_factory=lambda: sys.executable)
+
+    def validate(self) -> "SlurmOptions":
+        for name in ("gpus", "cpus", "max_array_size", "max_running", "block_size"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < (0 if name == "gpus" else 1)):
+                raise DatamodelsError(f"--{name.replace('_', '-')} = {v!r} must be a positive integer.")
+        if self.template is not None and not Path(self.template).is_file():
+            raise DatamodelsError(f"--template = {str(self.template)!r} is not a file.")
+        return self
+
+
+# ---------------------------------------------------------------------- slurm commands
+def _slurm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    exe = shutil.which(args[0])
+    if exe is None:
+        raise DatamodelsError(f"{args[0]} is not on PATH; the SLURM executor needs the SLURM client commands.")
+    r = subprocess.run([exe, *args[1:]], capture_output=True, text=True)
+    if check and r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise DatamodelsError(f"{args[0]} failed ({msg[-1] if msg else f'exit {r.returncode}'}).")
+    return r
+
+
+def cluster_max_array_size() -> int:
+    """MaxArraySize from `scontrol show config` (the largest task id is one less)."""
+    r = _slurm("scontrol", "show", "config", check=False)
+    m = re.search(r"^MaxArraySize\s*=\s*(\d+)", r.stdout, re.M)
+    return int(m.group(1)) if m else DEFAULT_MAX_ARRAY_SIZE
+
+
+def plan_arrays(n_blocks: int, max_array_size: int) -> list[tuple[int, int]]:
+    """[(offset, n_tasks)] covering blocks 0..n_blocks-1, each array at most max_array_size tasks."""
+    return [(s, min(max_array_size, n_blocks - s)) for s in range(0, n_blocks, max_array_size)]
+
+
+def squeue_tasks(job_ids, all_states: bool = False) -> list[dict]:
+    """One dict per array task of the given jobs: job_id, task (int or None), state, name.
+
+    Without `all_states`, squeue lists only tasks that have not ended. Jobs the
+    controller no longer knows are left out.
+    """
+    job_ids = sorted({str(j) for j in job_ids})
+    if not job_ids:
+        return []
+    args = ["squeue", "-h", "-r", "-o", "%F|%K|%T|%j", "-j", ",".join(job_ids)]
+    if all_states:
+        args.insert(3, "--states=all")
+    r = _slurm(*args, check=False)
+    if r.returncode != 0:
+        if "Invalid job id" in r.stderr:  # every id has left the controller's memory
+            return []
+        err = r.stderr.strip().splitlines()
+        raise DatamodelsError(f"squeue failed ({err[-1] if err else f'exit {r.returncode}'}).")
+    out = []
+    for line in r.stdout.splitlines():
+        parts = line.strip().split("|", 3)
+        if len(parts) != 4:
+            continue
+        job, task, state, name = parts
+        out.append({"job_id": job, "task": int(task) if task.isdigit() else None,
+                    "state": state.split()[0].rstrip("+"), "name": name})
+    return out
+
+
+# ---------------------------------------------------------------------- the store's jobs
+def _run_dir(store) -> Path:
+    return Path(store.path).parent
+
+
+def _blocks_of(store, record: dict, cache: dict) -> list[str]:
+    f = record["blocks"]
+    if f not in cache:
+        try:
+            cache[f] = json.loads((_run_dir(store) / f).read_text())["blocks"]
+        except (OSError, ValueError, KeyError):
+            cache[f] = []
+    return cache[f]
+
+
+def _task_indices(store, tasks: list[dict]) -> dict[str, list[tuple[dict, np.ndarray]]]:
+    """Tasks of this store's recorded jobs (matched by job id and name), with their model indices."""
+    from .worker import parse_indices
+
+    records = {str(r["job_id"]): r for r in store.jobs}
+    cache: dict = {}
+    out: dict[str, list] = {}
+    for t in tasks:
+        rec = records.get(t["job_id"])
+        if rec is None or t["name"] != rec.get("job_name"):  # a job id reused by another job
+            continue
+        blocks = _blocks_of(store, rec, cache)
+        if t["task"] is None:
+            continue
+        b = rec["offset"] + t["task"]
+        idx = parse_indices(blocks[b]) if 0 <= b < len(blocks) else np.zeros(0, np.int64)
+        out.setdefault(t["state"], []).append((t, idx))
+    return out
+
+
+def active_indices(store) -> np.ndarray:
+    """Model indices in this store's tasks that squeue lists as not ended."""
+    ids = [r["job_id"] for r in store.jobs]
+    if not ids or shutil.which("squeue") is None:
+        return np.zeros(0, np.int64)
+    by_state = _task_indices(store, squeue_tasks(ids))
+    parts = [idx for state, items in by_state.items() if state in ACTIVE for _, idx in items]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
+
+def job_states(store) -> dict:
+    """Counts for `datamodels status`: models not done in running and pending tasks, and ended-badly tasks.
+
+    {} when the store has no SLURM jobs recorded; {"slurm": "..."} when squeue cannot answer.
+    """
+    ids = [r["job_id"] for r in store.jobs]
+    if not ids:
+        return {}
+    if shutil.which("squeue") is None:
+        return {"slurm": "squeue not on PATH"}
+    try:
+        by_state = _task_indices(store, squeue_tasks(ids, all_states=True))
+    except DatamodelsError as e:
+        return {"slurm": str(e)}
+    done = store.done_mask()
+
+    def models(states) -> int:
+        parts = [idx for s, items in by_state.items() if s in states for _, idx in items]
+        if not parts:
+            return 0
+        idx = np.unique(np.concatenate(parts))
+        return int((~done[idx]).sum())
+
+    return {
+        "running": models({"RUNNING", "CONFIGURING", "COMPLETING"}),
+        "pending": models(ACTIVE - {"RUNNING", "CONFIGURING", "COMPLETING"}),
+        "failed_tasks": sum(len(items) for s, items in by_state.items() if s in ENDED_BADLY),
+        "jobs": len(ids),
+    }
+
+
+# ---------------------------------------------------------------------- submit
+def _render(template: str, fields: dict) -> str:
+    try:
+        return string.Template(template).substitute(fields)
+    except KeyError as e:
+        raise DatamodelsError(f"sbatch template field {e} is unknown (known: {', '.join(sorted(fields))}).") from None
+    except ValueError as e:  # a lone "$": write "$$" for a literal dollar
+        raise DatamodelsError(f"sbatch template has a stray dollar sign ({e}); write $$ for a literal one.") from None
+
+
+def _sbatch_options(opts: SlurmOptions) -> str:
+    lines = []
+    if opts.partition:
+        lines.append(f"#SBATCH --partition={opts.partition}")
+    if opts.time:
+        lines.append(f"#SBATCH --time={opts.time}")
+    if opts.gpus:
+        lines.append(f"#SBATCH --gres=gpu:{opts.gpus}")
+    if opts.mem:
+        lines.append(f"#SBATCH --mem={opts.mem}")
+    return "\n".join(lines)
+
+
+def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False) -> dict:
+    """Submit the models of `run` that are neither done nor queued, as job arrays.
+
+    Returns {"name", "models", "tasks", "arrays": [record...], "queued": models
+    left alone because a live task holds them, "scripts": [paths]}. With
+    `dry_run` the files are written and nothing is submitted or recorded.
+    """
+    opts.validate()
+    store = run.store()
+    store.require_trainable()
+    spec = store.spec
+    missing = store.missing()
+    queued = active_indices(store) if not dry_run else np.zeros(0, np.int64)
+    todo = np.setdiff1d(missing, queued)
+    result = {"name": None, "models": int(len(todo)), "tasks": 0, "arrays": [], "scripts": [],
+              "queued": int(len(np.intersect1d(missing, queued)))}
+    if len(todo) == 0:
+        return result
+    blocks = split_blocks(todo, opts.block_size or spec.experiment.block_size)
+    max_size = opts.max_array_size or cluster_max_array_size()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{uuid.uuid4().hex[:6]}"
+    jobs_dir = run.path / "jobs"
+    log_dir = jobs_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    blocks_file = jobs_dir / f"{name}.json"
+    blocks_file.write_text(json.dumps({"store": str(store.path.resolve()), "spec_hash": spec.hash(),
+                                       "blocks": [format_indices(b) for b in blocks]}))
+    template = Path(opts.template or TEMPLATE)
+    if not template.is_file():
+        raise DatamodelsError(f"sbatch template {str(template)!r} does not exist; pass --template.")
+    job_name = f"dm-{spec.experiment.name}-{spec.hash()[:8]}"
+    threads = spec.trainer.threads
+    records = []
+    for a, (offset, count) in enumerate(plan_arrays(len(blocks), max_size)):
+        array = f"0-{count - 1}" + (f"%{opts.max_running}" if opts.max_running else "")
+        script = _render(template.read_text(), {
+            "job_name": job_name, "array": array, "cpus": opts.cpus or threads, "threads": threads,
+            "log_dir": str(log_dir.resolve()), "sbatch_options": _sbatch_options(opts),
+            "extra_note": "sbatch command-line flags: " + (" ".join(opts.extra) or "none"),
+            "python": shlex.quote(opts.python), "run": shlex.quote(str(run.path.resolve())),
+            "blocks": shlex.quote(str(blocks_file.resolve())), "offset": offset,
+        })
+        path = jobs_dir / f"{name}-{a}.sbatch"
+        path.write_text(script)
+        result["scripts"].append(str(path))
+        if dry_run:
+            continue
+        r = _slurm("sbatch", "--parsable", *opts.extra, str(path), check=False)
+        if r.returncode != 0:
+            if records:  # what was submitted before is running: keep its record
+                store.add_jobs(records)
+            err = (r.stderr or r.stdout).strip().splitlines()
+            raise DatamodelsError(f"sbatch refused array {a} of {name} ({err[-1] if err else r.returncode}).")
+        job_id = r.stdout.strip().split(";")[0]
+        n_models = int(sum(len(b) for b in blocks[offset:offset + count]))
+        records.append({"job_id": job_id, "job_name": job_name, "blocks": f"jobs/{name}.json",
+                        "offset": offset, "tasks": count, "models": n_models,
+                        "submitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    if records:
+        store.add_jobs(records)
+    result.update(name=name, tasks=len(blocks), arrays=records)
+    return result
+
+
+def _ours(store, tasks: list[dict]) -> list[dict]:
+    """The tasks that belong to this store's recorded jobs (a job id can be reused by another job)."""
+    names = {str(r["job_id"]): r.get("job_name") for r in store.jobs}
+    return [t for t in tasks if names.get(t["job_id"]) == t["name"]]
+
+
+def wait(run: Run, job_ids=None, poll: float = 5.0, progress: bool = True, timeout: float | None = None) -> dict:
+    """Poll squeue until the jobs (default: all recorded) have no task left that could write rows.
+
+    Returns the store's status plus "active_tasks" (non-zero only after a
+    timeout) and "ended_badly" (tasks squeue still lists as failed, cancelled,
+    timed out...).
+    """
+    from tqdm.auto import tqdm
+
+    store = run.store(mode="r")
+    job_ids = [str(j) for j in (job_ids if job_ids is not None else [r["job_id"] for r in store.jobs])]
+    bar = tqdm(total=store.n_models, desc="models", unit="model", disable=not progress, smoothing=0.1)
+    t0 = time.time()
+    try:
+        while True:
+            tasks = [t for t in _ours(store, squeue_tasks(job_ids)) if t["state"] in ACTIVE]
+            bar.n = int(store.done_mask().sum())
+            bar.set_postfix(running=sum(t["state"] == "RUNNING" for t in tasks),
+                            pending=sum(t["state"] == "PENDING" for t in tasks), refresh=False)
+            bar.refresh()
+            if not tasks:
+                break
+            if timeout is not None and time.time() - t0 > timeout:
+                break
+            time.sleep(poll)
+    finally:
+        bar.close()
+    st = store.status()
+    st["active_tasks"] = len(tasks)
+    st["ended_badly"] = [f"{t['job_id']}_{t['task']} {t['state']}"
+                         for t in _ours(store, squeue_tasks(job_ids, all_states=True)) if t["state"] in ENDED_BADLY]
+    return st
+
+
+# ---------------------------------------------------------------------- the CLI's part
+def add_slurm_arguments(p) -> None:
+    """The `run` subcommand's flags for --executor slurm."""
+    g = p.add_argument_group("slurm executor (--executor slurm)")
+    g.add_argument("--partition", help="sbatch --partition")
+    g.add_argument("--time", help="time limit per task, e.g. 2:00:00 (sbatch --time)")
+    g.add_argument("--gpus", type=int, help="GPUs per task (sbatch --gres=gpu:N)")
+    g.add_argument("--mem", help="memory per task, e.g. 8G (sbatch --mem)")
+    g.add_argument("--cpus", type=int, help="CPUs per task (default: the spec's trainer.threads)")
+    g.add_argument("--block-size", type=int, help="models per task (default: the spec's experiment.block_size)")
+    g.add_argument("--max-array-size", type=int,
+                   help="tasks per array (default: the cluster's MaxArraySize from scontrol show config)")
+    g.add_argument("--max-running", type=int, help="tasks of one array running at once (--array=...%%N)")
+    g.add_argument("--extra-sbatch", action="append", default=[], metavar="FLAGS",
+                   help="more sbatch flags, given with '=': --extra-sbatch='--account=lab --qos=high' (repeatable)")
+    g.add_argument("--template", type=Path, help="sbatch template (default: jobs/slurm_array.sbatch)")
+    g.add_argument("--no-wait", action="store_true", help="submit and return; `datamodels status` shows progress")
+    g.add_argument("--poll", type=float, default=5.0, help="seconds between squeue polls while waiting")
+    g.add_argument("--dry-run", action="store_true", help="write the job scripts and print them; submit nothing")
+
+
+def options_from_args(a) -> SlurmOptions:
+    extra = tuple(x for chunk in (a.extra_sbatch or []) for x in shlex.split(chunk))
+    return SlurmOptions(partition=a.partition, time=a.time, gpus=a.gpus, mem=a.mem, cpus=a.cpus,
+                        max_array_size=a.max_array_size, max_running=a.max_running, block_size=a.block_size,
+                        extra=extra, template=a.template).validate()
+
+
+def run_slurm_cli(run: Run, a) -> int:
+    """`datamodels run RUN --executor slurm`: submit what is missing, then (unless --no-wait) wait."""
+    opts = options_from_args(a)
+    if a.poll <= 0:
+        raise DatamodelsError(f"--poll = {a.poll!r} must be positive.")
+    res = submit(run, opts, dry_run=a.dry_run)
+    if a.dry_run:
+        for s in res["scripts"]:
+            print(f"# {s}: sbatch --parsable {' '.join(opts.extra)} {s}".replace("  ", " "))
+            print(Path(s).read_text())
+        return 0
+    store = run.store(mode="r")
+    if res["arrays"]:
+        ids = [r["job_id"] for r in res["arrays"]]
+        print(f"submitted {res['models']} models in {res['tasks']} tasks as {len(ids)} job arrays "
+              f"({', '.join(ids)}); logs in {run.path / 'jobs' / 'logs'}")
+    else:
+        st = store.status()
+        print(f"nothing to submit: {st['done']} of {st['n_models']} models done, {res['queued']} in tasks "
+              "still queued or running")
+    if res["queued"]:
+        print(f"{res['queued']} missing models are in tasks still queued or running; not resubmitted")
+    if a.no_wait:
+        return 0
+    try:
+        st = wait(run, poll=a.poll, progress=not a.quiet)
+    except KeyboardInterrupt:
+        print("stopped waiting; the jobs keep running: `datamodels status` shows progress", file=sys.stderr)
+        return 130
+    print(f"{st['done']} of {st['n_models']} models done, {st['missing']} missing, {st['failed']} failed rows")
+    for t in st["ended_badly"][:20]:
+        print(f"task {t}: see {run.path / 'jobs' / 'logs'}", file=sys.stderr)
+    if st["missing"]:
+        print("run the same command again to resubmit what is missing", file=sys.stderr)
+    return 0 if st["missing"] == 0 else 1
+
+
+__all__ = ["SlurmOptions", "add_slurm_arguments", "run_slurm_cli", "job_states", "submit", "wait",
+           "squeue_tasks", "plan_arrays", "cluster_max_array_size", "active_indices"]
