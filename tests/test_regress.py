@@ -47,7 +47,7 @@ def test_matches_sklearn_lasso_path():
     n_val = 150
     ref = sklearn_reference(masks, margins, dm.lambdas_, n_val)
     for t, (_, mse) in enumerate(ref):
-        assert np.argmin(mse) == np.argmin(dm.val_mse_path_[:, t])
+        assert np.argmin(mse) == np.nanargmin(dm.val_mse_path_[:, t])
         assert dm.val_mse_[t] <= mse.min() * (1 + 1e-4)
     # weights are in raw mask units: predictions reproduce the margins' signal
     pred = dm.predict(masks)
@@ -99,7 +99,7 @@ def test_save_load_roundtrip(tmp_path):
 def test_exclude_self_fits_only_models_without_the_example():
     masks, margins = datamodel_like(600, 12, 3, seed=4)
     ex = np.array([-1, 5, 7])
-    dm = Datamodels(n_lambdas=10, exclude_self=ex).fit(masks, margins)
+    dm = Datamodels(n_lambdas=10, exclude_self=ex, patience=None).fit(masks, margins)
     assert dm.coef_[5, 1] == 0 and dm.coef_[7, 2] == 0
     n_val = 60  # the split is by position among all rows; target j then drops the rows holding j
     for t, s in ((1, 5), (2, 7)):
@@ -108,7 +108,7 @@ def test_exclude_self_fits_only_models_without_the_example():
         va = len(masks) - n_val + np.flatnonzero(keep[-n_val:])
         rows = np.concatenate([tr, va])
         ref = sklearn_reference(masks[rows], margins[rows][:, t:t + 1], dm.lambdas_[:, t:t + 1], len(va))
-        np.testing.assert_allclose(dm.val_mse_path_[:, t], ref[0][1], rtol=1e-4)
+        np.testing.assert_allclose(dm.val_mse_path_[:, t], ref[0][1], rtol=3e-3)
     plain = Datamodels(n_lambdas=10).fit(masks, margins[:, :1])
     np.testing.assert_allclose(dm.coef_[:, 0], plain.coef_[:, 0], rtol=1e-6, atol=1e-7)
 
