@@ -51,7 +51,15 @@ def load_train_data(spec, data_dir) -> TrainData:
     tx = torch.cat([splits[s][0] for s in spec.targets.sets])
     ty = torch.cat([splits[s][1] for s in spec.targets.sets])
     n_classes = int(max(int(y.max()), int(ty.max())) + 1)
-    return TrainData(x.float().contiguous(), y.long(), tx.float().contiguous(), ty.long(), n_classes, Path(data_dir))
+    return TrainData(_as_float(x), y.long(), _as_float(tx), ty.long(), n_classes, Path(data_dir))
+
+
+def _as_float(x: Tensor) -> Tensor:
+    if x.dtype == torch.uint8:  # HWC byte images (CIFAR-10 .beton): normalised float NCHW
+        from ..data.cifar10 import to_float_images
+
+        return to_float_images(x).contiguous()
+    return x.float().contiguous()
 
 
 def train_block(spec, data: TrainData, indices, masks, outputs=("margins",), progress: bool = False) -> dict[str, np.ndarray]:

@@ -1,0 +1,200 @@
+"""The per-model trainer for large models: one model at a time, fed by FFCV from the .beton files.
+
+Used when ``trainer.kind = "ffcv"``, through the same ``train_block``. Each
+model reads only its own subset, ``Loader(indices=subset, order=RANDOM,
+seed=...)``, so the data order is a pure function of (seed, model index); its
+init and its augmentation draws come from seeds drawn from
+``model_rng(seed, index, stream=1)`` too, so on CPU the same (seed, index)
+gives the same margins. Batch-norm statistics are the model's own (one model
+at a time), so nothing leaks between subsets.
+
+``model.name = "resnet9"`` follows the fast CIFAR-10 recipes (the FFCV
+ResNet-9 the datamodels paper trained, airbench's tricks where they are free):
+channels-last, bfloat16 autocast on CUDA, label smoothing, random flip and
+2-pixel translate done on the device with a per-model generator, triangle lr,
+flip test-time augmentation. Other model names (linear, mlp, cnn) train the
+same way without augmentation, from the same init the batched trainer gives
+them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import DatamodelsError
+from ..masks import model_rng
+from .batched import INIT_STREAM, init_params, lr_at
+from .margins import outputs_from_logits
+from .models import stacked_model
+
+EVAL_BATCH = 1024
+
+
+class _Residual(nn.Module):
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class _Scale(nn.Module):
+    # the 0.2 output scale of the FFCV/Page ResNet-9: keeps early logits small
+    # so the high peak lr does not blow up the first steps
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.factor
+
+
+def _conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, pad: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, k, stride, pad, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+def resnet9(width: int, n_classes: int, in_channels: int = 3) -> nn.Module:
+    """The FFCV CIFAR-10 ResNet-9; ``width = 64`` is the published size (64/128/256 channels).
+
+    x: float32[b, C, H, W] -> logits float32[b, n_classes], any H, W >= 8.
+    """
+    w = width
+    return nn.Sequential(
+        _conv_bn(in_channels, w),
+        _conv_bn(w, 2 * w, k=5, stride=2, pad=2),
+        _Residual(nn.Sequential(_conv_bn(2 * w, 2 * w), _conv_bn(2 * w, 2 * w))),
+        _conv_bn(2 * w, 4 * w),
+        nn.MaxPool2d(2),
+        _Residual(nn.Sequential(_conv_bn(4 * w, 4 * w), _conv_bn(4 * w, 4 * w))),
+        _conv_bn(4 * w, 2 * w, pad=0),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * w, n_classes, bias=False),
+        _Scale(0.2),
+    )
+
+
+def build_model(spec, data, rng: np.random.Generator) -> nn.Module:
+    """Model ``spec.model.name`` with its init drawn from ``rng`` (the model's own generator)."""
+    in_shape, C = tuple(data.x.shape[1:]), data.n_classes
+    if spec.model.name == "resnet9":
+        if len(in_shape) != 3:
+            raise DatamodelsError(f"model.name = 'resnet9' needs images [C, H, W], got inputs of shape {list(in_shape)}.")
+        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
+            torch.manual_seed(int(rng.integers(2**63 - 1)))
+            return resnet9(spec.model.width, C, in_shape[0])
+    stacked = stacked_model(spec.model, in_shape, C)
+    return stacked.to_module(init_params(stacked, [rng], "cpu"))
+
+
+def augment(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
+    """Random horizontal flip and random translate by up to ``pad`` pixels (zero fill).
+
+    x: float32[b, C, H, W] -> same shape; draws come from ``gen`` only (on x's
+    device), so a model's augmentations are reproducible.
+    """
+    b, _, H, W = x.shape
+    flip = torch.rand(b, generator=gen, device=x.device) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    shift = torch.randint(0, 2 * pad + 1, (2, b), generator=gen, device=x.device)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    rows = (torch.arange(H, device=x.device) + shift[0, :, None])[:, None, :, None]  # [b, 1, H, 1]
+    cols = (torch.arange(W, device=x.device) + shift[1, :, None])[:, None, None, :]  # [b, 1, 1, W]
+    batch = torch.arange(b, device=x.device)[:, None, None, None]
+    chan = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
+    return padded[batch, chan, rows, cols]
+
+
+def _as_input(x: Tensor) -> Tensor:
+    from ..data.cifar10 import to_float_images
+
+    if x.dtype == torch.uint8:  # HWC bytes from the CIFAR-10 .beton; permuted, it is channels-last already
+        return to_float_images(x)
+    return x.float()
+
+
+def _loader(path, subset: np.ndarray, batch_size: int, seed: int, workers: int, device: torch.device):
+    from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.transforms import Squeeze, ToDevice, ToTensor
+
+    return Loader(
+        str(path),
+        batch_size=batch_size,
+        num_workers=workers,
+        order=OrderOption.RANDOM,  # a fresh permutation of the subset each epoch, from (seed + epoch)
+        seed=seed,
+        indices=subset,
+        drop_last=False,  # every example of the subset counts in every epoch
+        pipelines={
+            "image": [NDArrayDecoder(), ToTensor(), ToDevice(device, non_blocking=True)],
+            "label": [IntDecoder(), ToTensor(), ToDevice(device, non_blocking=True), Squeeze(1)],
+        },
+    )
+
+
+def train_one_ffcv(spec, data, index: int, mask: np.ndarray, outputs, device: torch.device) -> dict[str, Tensor]:
+    """Train model ``index`` on ``mask: bool[n]``; its outputs on all targets (tensors)."""
+    tr = spec.trainer
+    rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
+    net = build_model(spec, data, rng).to(device, memory_format=torch.channels_last)
+    order_seed, aug_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
+    recipe = spec.model.name == "resnet9"
+    amp = device.type == "cuda"
+    gen = torch.Generator(device=device)
+    gen.manual_seed(aug_seed)
+    opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, nesterov=tr.nesterov,
+                          weight_decay=tr.weight_decay)
+    subset = np.flatnonzero(mask).astype(np.int64)
+    if len(subset):
+        loader = _loader(data.data_dir / "train.beton", subset, tr.batch_size, order_seed, tr.threads, device)
+        total = len(loader) * tr.epochs
+        step = 0
+        net.train()
+        for _epoch in range(tr.epochs):
+            for x, y in loader:
+                x = _as_input(x)
+                if recipe:
+                    x = augment(x, gen)
+                x = x.contiguous(memory_format=torch.channels_last)
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(tr, step, total)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    loss = F.cross_entropy(net(x), y.long(), label_smoothing=tr.label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                step += 1
+    net.eval()
+    pieces = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for s in range(0, len(data.target_y), EVAL_BATCH):
+            x = data.target_x[s:s + EVAL_BATCH].to(device).contiguous(memory_format=torch.channels_last)
+            logits = net(x).float()
+            if recipe:  # flip test-time augmentation: average the logits of both views
+                logits = (logits + net(x.flip(3)).float()) / 2
+            pieces.append(logits)
+    return outputs_from_logits(torch.cat(pieces), data.target_y.to(device), outputs)
+
+
+def train_block_ffcv(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, progress: bool = False):
+    """Models one at a time; same return value as ``train_block``."""
+    if data.data_dir is None:
+        raise DatamodelsError("trainer.kind = 'ffcv' needs TrainData from load_train_data (it reads train.beton).")
+    device = torch.device(spec.trainer.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
+    it = range(len(indices))
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, unit="model", desc="train")
+    rows = [train_one_ffcv(spec, data, int(indices[r]), masks[r], outputs, device) for r in it]
+    if not rows:
+        return {o: np.zeros((0, len(data.target_y)), dtype=np.float32) for o in outputs}
+    return {o: torch.stack([row[o] for row in rows]).cpu().numpy() for o in outputs}
