@@ -167,7 +167,7 @@ class Datamodels:
         tr, va = Moments.zeros(n, k, y0), Moments.zeros(n, k, y0)
         for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
             for mb, yb in rows(lo, hi):
-                accumulate(acc, mb, yb, xp=np)
+                accumulate(acc, mb, yb, xp=self._xp())
         out = prior if prior is not None else _empty(n, k, self.n_lambdas)
         bt = int(self.block_targets)
         starts = list(range(0, k, bt))
@@ -203,7 +203,7 @@ class Datamodels:
                 for lo, hi, acc in ((0, n_tr, trs), (n_tr, m, vas)):
                     for mb, yb in rows(lo, hi):
                         keep = ~np.asarray(mb[:, s], dtype=bool)
-                        accumulate(acc, mb[keep], np.asarray(yb)[keep][:, tg], xp=np)
+                        accumulate(acc, mb[keep], np.asarray(yb)[keep][:, tg], xp=self._xp())
                 if trs.count < 2 or vas.count < 1:
                     raise _err("exclude_self", int(s), f"leaves {trs.count} training and {vas.count} validation "
                                "models without that example; at least 2 and 1 are needed")

@@ -46,6 +46,7 @@ from typing import NamedTuple
 import numpy as np
 from array_api_compat import array_namespace
 
+from ..kernels import is_cupy, prox_block
 from .moments import _np
 
 
@@ -72,7 +73,8 @@ class PathResult(NamedTuple):
 
 def soft_threshold(xp, z, t):
     """sign(z) * max(|z| - t, 0), elementwise; t broadcasts over rows."""
-    return xp.sign(z) * xp.maximum(xp.abs(z) - t, xp.zeros_like(z))
+    a = xp.abs(z) - t
+    return xp.copysign(xp.where(a > 0, a, xp.zeros_like(a)), z)
 
 
 def plan_blocks(G, block: int, xp=None) -> list[tuple[int, int, float]]:
@@ -100,15 +102,32 @@ def epoch(xp, G, blocks, W, R, lam) -> None:
 
     G: [n, n]; W, R: [n, k] with R = C - G W kept exact; lam: [k].
     """
+    fused = is_cupy(W)
     for b0, b1, step in blocks:
-        Wb = W[b0:b1, :]
-        Wn = soft_threshold(xp, Wb + step * R[b0:b1, :], step * lam)
-        D = Wn - Wb
+        if fused:
+            # one kernel instead of six elementwise passes (datamodels.kernels.prox_block)
+            D, moved = prox_block(W[b0:b1, :], R[b0:b1, :], lam, step)
+        else:
+            Wb = W[b0:b1, :]
+            Wn = soft_threshold(xp, Wb + step * R[b0:b1, :], step * lam)
+            D = Wn - Wb
+            moved = bool(xp.any(D != 0))
+            W[b0:b1, :] = Wn
         # at the top of the path most blocks do not move for any target: skip their GEMM
-        if not bool(xp.any(D != 0)):
-            continue
-        W[b0:b1, :] = Wn
-        R -= G[:, b0:b1] @ D
+        if moved:
+            R -= G[:, b0:b1] @ D
+
+
+def _matmul_rows(xp, A, W):
+    """A @ W using only the rows where W is nonzero (the top of the path is sparse)."""
+    nz = xp.any(W != 0, axis=1)
+    rows = int(xp.sum(xp.astype(nz, xp.int64)))
+    if rows > 0.6 * W.shape[0]:
+        return A @ W
+    idx = xp.nonzero(nz)[0]
+    if rows == 0:
+        return xp.zeros((A.shape[0], W.shape[1]), dtype=W.dtype, device=_device(W))
+    return xp.take(A, idx, axis=1) @ xp.take(W, idx, axis=0)
 
 
 def _sum64(xp, a):
@@ -190,8 +209,8 @@ def solve_at(xp, G, blocks, W, R, C, yy, lam, *, tol: float, max_iter: int):
     return epochs, primal, gap
 
 
-def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=None, block=128,
-               keep_path=False, xp=None) -> PathResult:
+def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=None, block=256,
+               extrapolate=True, keep_path=False, xp=None) -> PathResult:
     """Solve the lasso along a lambda path for all targets.
 
     G: [n, n]; C: [n, k] (the working dtype, float32 or float64); yy: [k];
@@ -224,17 +243,30 @@ def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=
     best_mse = np.full(k, np.inf)
     w_best = xp.zeros((n, k), dtype=G.dtype, device=dev)
     yyw = yy
+    Wp = Rp = None  # the solution at the previous lambda, for the extrapolated warm start
     for li in range(L):
         if not len(ids):
             break
         lam = xp.asarray(lambdas[li, ids], dtype=xp.float64, device=dev)
+        if extrapolate and li >= 1:
+            # On a near-orthogonal design w(lam) is close to piecewise linear in lam, so
+            # the next solution is predicted by the last step scaled by the ratio of
+            # lambda steps; R is affine in W, so it follows exactly without a GEMM.
+            q = xp.asarray((lambdas[li - 1, ids] - lambdas[li, ids]) /
+                           np.maximum(lambdas[li - 2, ids] - lambdas[li - 1, ids], 1e-300) if li >= 2 else
+                           np.zeros(len(ids)), dtype=W.dtype, device=dev)
+            Wn, Rn = W + q * (W - Wp), R + q * (R - Rp)
+            Wp, Rp = W, R
+            W, R = Wn, Rn
+        elif extrapolate:
+            Wp, Rp = xp.asarray(W, copy=True), xp.asarray(R, copy=True)
         ep, p, g = solve_at(xp, G, blocks, W, R, Cw, yyw, lam, tol=tol, max_iter=max_iter)
         n_iter[li, ids], objective[li, ids], gaps[li, ids] = ep, p, g
         stop[ids] = li + 1
         if keep_path:
             path[li][:, ids] = _np(W)
         if val is not None:
-            GvW = Gv @ W
+            GvW = _matmul_rows(xp, Gv, W)
             mse = _np(yyv - 2 * _sum64(xp, Cv * W) + _sum64(xp, W * GvW))
             val_mse[li, ids] = mse
             better = mse < best_mse[ids]
@@ -251,11 +283,13 @@ def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=
                 keep = np.flatnonzero(~done)
                 ids = ids[keep]
                 W, R, Cw = _take(xp, W, keep, 1), _take(xp, R, keep, 1), _take(xp, Cw, keep, 1)
+                if Wp is not None:
+                    Wp, Rp = _take(xp, Wp, keep, 1), _take(xp, Rp, keep, 1)
                 yyw, Cv, yyv = _take(xp, yyw, keep, 0), _take(xp, Cv, keep, 1), _take(xp, yyv, keep, 0)
     return PathResult(val_mse, best, w_best, objective, gaps, n_iter, stop, path)
 
 
-def lasso_at(G, C, yy, lam, W0, *, tol=1e-4, max_iter=200, block=128, xp=None):
+def lasso_at(G, C, yy, lam, W0, *, tol=1e-4, max_iter=200, block=256, xp=None):
     """The lasso at one lambda per target, warm-started.
 
     G: [n, n]; C: [n, k]; yy: [k]; lam: float64[k] (NumPy); W0: [n, k] (xp).
