@@ -11,8 +11,11 @@ need_apt=()
 pkg-config --exists opencv4 2>/dev/null || need_apt+=(libopencv-dev)
 pkg-config --exists libturbojpeg 2>/dev/null || need_apt+=(libturbojpeg0-dev)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
-if [ "${WITH_SLURM:-0}" = 1 ]; then
-  command -v slurmctld >/dev/null || need_apt+=(slurm-wlm munge)
+# A real single-node SLURM for tests/test_slurm.py (started by tests/slurm_cluster.py):
+# installed by default (~15 s) so those tests run in CI; WITH_SLURM=0 skips it.
+if [ "${WITH_SLURM:-1}" = 1 ]; then
+  { [ -x /usr/sbin/slurmctld ] || command -v slurmctld >/dev/null; } \
+    && { [ -x /usr/sbin/munged ] || command -v munged >/dev/null; } || need_apt+=(slurm-wlm munge)
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing system packages: ${need_apt[*]}"

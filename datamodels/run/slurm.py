@@ -198,9 +198,14 @@ def job_states(store) -> dict:
     return {
         "running": models({"RUNNING", "CONFIGURING", "COMPLETING"}),
         "pending": models(ACTIVE - {"RUNNING", "CONFIGURING", "COMPLETING"}),
-        "failed_tasks": sum(len(items) for s, items in by_state.items() if s in ENDED_BADLY),
+        # tasks that ended badly and left rows missing (a later resubmission may have done them since)
+        "failed_tasks": len(_failed_tasks(by_state, done)),
         "jobs": len(ids),
     }
+
+
+def _failed_tasks(by_state: dict, done: np.ndarray) -> list[dict]:
+    return [t for s, items in by_state.items() if s in ENDED_BADLY for t, idx in items if (~done[idx]).any()]
 
 
 # ---------------------------------------------------------------------- submit
@@ -326,8 +331,8 @@ def wait(run: Run, job_ids=None, poll: float = 5.0, progress: bool = True, timeo
         bar.close()
     st = store.status()
     st["active_tasks"] = len(tasks)
-    st["ended_badly"] = [f"{t['job_id']}_{t['task']} {t['state']}"
-                         for t in _ours(store, squeue_tasks(job_ids, all_states=True)) if t["state"] in ENDED_BADLY]
+    failed = _failed_tasks(_task_indices(store, squeue_tasks(job_ids, all_states=True)), store.done_mask())
+    st["ended_badly"] = [f"{t['job_id']}_{t['task']} {t['state']}" for t in failed]
     return st
 
 
@@ -390,7 +395,8 @@ def run_slurm_cli(run: Run, a) -> int:
         return 130
     print(f"{st['done']} of {st['n_models']} models done, {st['missing']} missing, {st['failed']} failed rows")
     for t in st["ended_badly"][:20]:
-        print(f"task {t}: see {run.path / 'jobs' / 'logs'}", file=sys.stderr)
+        task, state = t.split()
+        print(f"task {task} {state}: see {run.path / 'jobs' / 'logs' / (task + '.out')}", file=sys.stderr)
     if st["missing"]:
         print("run the same command again to resubmit what is missing", file=sys.stderr)
     return 0 if st["missing"] == 0 else 1
