@@ -11,7 +11,9 @@ from datamodels.masks import sample_masks
 from datamodels.spec import Spec
 from datamodels.train import load_train_data, margins_from_logits, train_block
 
-TRAINER = dict(epochs=8, batch_size=16, lr=0.05, momentum=0.9, weight_decay=5e-4, threads=1)
+# the settings recommended for the digits demo (see analysis/bench_trainer.py)
+TRAINER = dict(epochs=3, batch_size=8, lr=0.03, lr_schedule="triangle", lr_peak_epoch=0.5, momentum=0.9,
+               weight_decay=5e-4, models_per_batch=100, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,9 @@ def test_same_seed_and_index_give_identical_margins_whatever_the_neighbours(digi
     # model 1 again, now beside different models, in a different position
     b = train_block(spec, data, [5, 1, 4], masks[[5, 1, 4]])["margins"]
     np.testing.assert_array_equal(a[1], b[1])
+    # split into chunks of models_per_batch = 2: model 2 now trains alone
+    chunked = train_block(spec.replace(trainer={"models_per_batch": 2}), data, [0, 1, 2], masks[:3])["margins"]
+    np.testing.assert_array_equal(chunked, a)
     assert not np.array_equal(a[0], a[1])  # different index: different init and order
     # a different experiment seed changes the model even on the same subset
     c = train_block(spec.replace(experiment={"seed": 1}), data, [1], masks[[1]])["margins"]

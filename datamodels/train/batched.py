@@ -109,7 +109,7 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
                 w = valid[:, sl]
                 scale = w / w.sum(1, keepdim=True).clamp(min=1)
             else:
-                scale = torch.full((B, 1), 1.0 / ib.shape[1], device=device)
+                scale = 1.0 / ib.shape[1]  # a Python float: no tensor op per step
             if fused:
                 with torch.no_grad():
                     _fused_sgd_step(model, params, bufs, x_pool[ib], q_pool[ib], scale, tr,

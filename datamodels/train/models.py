@@ -70,8 +70,8 @@ class StackedMLP:
         """Gradients of sum_r sum_j scale[r, j] * CE(logits[r, j], target[r, j]), by hand.
 
         x: float32[B, b, ...]; target: float32[B, b, C] class probabilities
-        (one-hot, label-smoothed); scale: float32[B, b] or [B, 1] (1 / batch
-        count, 0 on padding). With ``out`` (tensors shaped like params) the
+        (one-hot, label-smoothed); scale: float32[B, b] (1 / batch count, 0 on
+        padding) or one float for all. With ``out`` (tensors shaped like params) the
         result is accumulated in place, ``out = beta * out + grad``: the
         momentum update fused into the GEMMs, which saves ~6 passes over the
         stacked weights per step (at batch size 8 those passes cost as much as
@@ -88,7 +88,9 @@ class StackedMLP:
             h.append(torch.baddbmm(params[2 * i + 1].unsqueeze(1), h[-1], params[2 * i]).relu_())
         w_out, b_out = params[-2], params[-1]
         z = torch.baddbmm(b_out.unsqueeze(2), w_out, h[-1].transpose(1, 2))  # [B, C, b]
-        g = torch.softmax(z, dim=1).sub_(target.transpose(1, 2)).mul_(scale.unsqueeze(1))  # dCE/dz
+        if isinstance(scale, Tensor):
+            scale = scale.unsqueeze(1)
+        g = torch.softmax(z, dim=1).sub_(target.transpose(1, 2)).mul_(scale)  # dCE/dz
         g = g.transpose(1, 2)  # [B, b, C]
         # bias gradients as ones @ g: one in-place op instead of sum, scale and add
         ones = g.new_ones(g.shape[0], 1, g.shape[1])
