@@ -242,8 +242,9 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
     store = run.store()
     store.require_trainable()
     spec = store.spec
-    missing = store.missing()
+    # live tasks first, then the done flags: a task ending in between has its rows done by then
     queued = active_indices(store) if not dry_run else np.zeros(0, np.int64)
+    missing = store.missing()
     todo = np.setdiff1d(missing, queued)
     result = {"name": None, "models": int(len(todo)), "tasks": 0, "arrays": [], "scripts": [],
               "queued": int(len(np.intersect1d(missing, queued)))}
