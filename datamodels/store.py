@@ -302,6 +302,16 @@ class Store:
     # ------------------------------------------------------------------ consolidation
     def consolidated(self) -> zarr.Group | None:
         """The consolidated group if it exists and was made from the current done flags, else None."""
+        # a new done flag adds a file to done/c and so changes its mtime: while neither that nor the
+        # consolidated copy changed, the last answer stands (the fit calls read() once per block of rows)
+        try:
+            key = ((self.path / "done" / "c").stat().st_mtime_ns,
+                   (self.path / CONSOLIDATED / "zarr.json").stat().st_mtime_ns)
+        except FileNotFoundError:
+            key = None
+        cached = getattr(self, "_consolidated_cache", None)
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[1]
         if CONSOLIDATED not in self.group:
             return None
         c = self.group[CONSOLIDATED]
@@ -309,6 +319,7 @@ class Store:
             return None
         if not np.array_equal(np.asarray(c["done"][:]), self.done_mask()):
             return None  # rows were written since: the row chunks are the truth
+        self._consolidated_cache = (key, c)
         return c
 
     def consolidate(self, rows_per_chunk: int | None = None, progress: bool = True) -> dict:
