@@ -42,7 +42,7 @@ def _free_port() -> int:
 
 def missing_reason() -> str | None:
     """Why no cluster can be started here, or None."""
-    for exe in ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scancel", "scontrol"):
+    for exe in ("slurmctld", "slurmd", "munged", "sbatch", "squeue", "scancel", "scontrol", "sinfo"):
         if shutil.which(exe) is None and not Path(f"/usr/sbin/{exe}").exists():
             return f"{exe} is not installed (install slurm-wlm and munge, or run .ci/install.sh with CI=true)"
     return None
@@ -225,11 +225,16 @@ def slurm_cluster():
 
 
 if __name__ == "__main__":
+    def _exit(signum, frame):
+        raise SystemExit(0)
+
+    # a background job ignores SIGINT: stop cleanly on SIGTERM too
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGINT, _exit)
     c = SlurmCluster().start()
-    print(f"export SLURM_CONF={c.conf}")
+    print(f"export SLURM_CONF={c.conf}", flush=True)
     try:
         signal.pause()
-    except KeyboardInterrupt:
-        pass
     finally:
         c.stop()
+        shutil.rmtree(c.root, ignore_errors=True)
