@@ -68,6 +68,8 @@ class Attribution:
     target_labels: np.ndarray | None = None
     source: str = ""
     _norms2: np.ndarray | None = field(default=None, repr=False)
+    # reading labels from the dataset files costs seconds (FFCV): done on first use only
+    _label_loader: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.coef = np.asarray(self.coef, dtype=np.float64)
@@ -108,11 +110,18 @@ class Attribution:
             raise DatamodelsError(f"fit {str(run.fit_path)!r} has weights of shape {list(dm.coef_.shape)}, "
                                   f"not the store's [{store.n_train}, {store.n_targets}]; refit with --force.")
         sets = tuple(TargetSet(t.name, t.start, t.stop) for t in store.targets)
-        train_y = target_y = None
-        if labels:
-            train_y, target_y = _labels(run, sets)
+        loader = (lambda: _labels(run, sets)) if labels else None
         return cls.from_datamodels(dm, alpha=store.spec.experiment.alpha, target_sets=sets,
-                                   train_labels=train_y, target_labels=target_y, source=str(run.fit_path))
+                                   source=str(run.fit_path), _label_loader=loader)
+
+    def load_labels(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(train_labels, target_labels), read from the run's dataset files on first use."""
+        if self._label_loader is not None:
+            loader, self._label_loader = self._label_loader, None
+            train_y, target_y = loader()
+            self.train_labels = self.train_labels if self.train_labels is not None else train_y
+            self.target_labels = self.target_labels if self.target_labels is not None else target_y
+        return self.train_labels, self.target_labels
 
     # ------------------------------------------------------------------ shapes and checks
     @property
@@ -304,6 +313,7 @@ class Attribution:
         target = self.check_target(target)
         if int(top) < 1:
             raise DatamodelsError(f"top = {top} must be at least 1.")
+        self.load_labels()
         w = self.coef[:, target]
         order = np.argsort(-w, kind="stable")
         pos = [int(i) for i in order[:top] if w[i] > 0]
@@ -451,6 +461,7 @@ class Attribution:
     def _top(self, sim: np.ndarray, top: int) -> list[dict[str, Any]]:
         if int(top) < 1:
             raise DatamodelsError(f"top = {top} must be at least 1.")
+        self.load_labels()
         order = np.argsort(-sim, kind="stable")[:int(top)]
         out = []
         for j in order:

@@ -94,11 +94,124 @@ def cmd_eval(a) -> int:
 
 
 def cmd_query(a) -> int:
+    """Influencers by default; --remove / --subset / --brittleness / --nearest add their answers."""
+    import numpy as np
+
+    from .attribution import Attribution, parse_index_list
     from .experiment import open_run
-    from .report import top_influencers
 
     run = open_run(a.run)
-    _print_json(top_influencers(run, a.target, a.top))
+    attr = Attribution.from_run(run)
+    if a.export_scores:
+        _print_json(attr.export_scores(a.export_scores, sets=a.sets.split(",") if a.sets else None))
+        return 0
+    if a.embeddings:
+        E = attr.embeddings(sets=a.sets.split(",") if a.sets else None, n_components=a.pca)
+        np.save(a.embeddings, E)
+        _print_json({"embeddings": a.embeddings, "shape": list(E.shape), "normalized": True, "pca": a.pca})
+        return 0
+    if a.train_example is not None:
+        _print_json(attr.nearest_train_of_train(a.train_example, a.top))
+        return 0
+    if a.target is None:
+        raise DatamodelsError(f"--target = None: give a target index in 0..{attr.n_targets - 1}.")
+    target = attr.column(a.set, a.target) if a.set else attr.check_target(a.target)
+    base = a.base
+    if base not in ("full", "alpha"):
+        base = np.zeros(attr.n_train, dtype=bool)
+        base[attr.check_train_indices(parse_index_list(a.base, "--base"), "--base index")] = True
+    out: dict = {}
+    if a.remove is not None:
+        out["counterfactual"] = attr.counterfactual(parse_index_list(a.remove, "--remove"), target, base)
+    if a.subset is not None:
+        mask = np.zeros(attr.n_train, dtype=bool)
+        mask[attr.check_train_indices(parse_index_list(a.subset, "--subset"), "--subset index")] = True
+        out["subset"] = {"size": int(mask.sum()), "predicted_margin": float(attr.predict(mask, [target])[0])}
+    if a.brittleness:
+        out["brittleness"] = attr.brittleness(target, base, a.budget)
+    if a.nearest:
+        out["nearest"] = attr.nearest_train(target, a.top, a.method)
+    if a.plot:
+        from .report import write_influencer_grid
+
+        out["plot"] = str(write_influencer_grid(run, attr, [target], a.plot, n=min(a.top, 8)))
+    if not out or a.plot:
+        out = {**attr.influencers(target, a.top), **out}
+    else:
+        out = {**attr.locate(target), **out}
+    _print_json(out)
+    return 0
+
+
+def cmd_lds(a) -> int:
+    """LDS against fresh subsets trained several times each, beside the held-out LDS of the store."""
+    from .attribution import Attribution
+    from .evaluate import GT_OFFSET, lds_ground_truth, train_ground_truth
+    from .experiment import open_run
+    from .report import heldout_lds
+
+    run = open_run(a.run)
+    attr = Attribution.from_run(run, labels=False)
+    store = run.store(mode="r")
+    spec = run.spec.replace(trainer={"threads": a.threads}) if a.threads else run.spec
+    gt = train_ground_truth(spec, run.data_dir, run.path / "eval", n_subsets=a.subsets, runs=a.runs,
+                            offset=a.offset if a.offset is not None else max(GT_OFFSET, store.n_models),
+                            min_offset=store.n_models, progress=not a.quiet, n_train=store.n_train)
+    out = {"run": str(run.path), "fit_models": _fit_rows(store)}
+    out["ground_truth"] = lds_ground_truth(attr.predict(gt.masks), gt)
+    if store.spec.fit.holdout and len(_heldout(run)) >= 3:
+        out["heldout"] = heldout_lds(run).summary()
+    _print_json(out)
+    return 0
+
+
+def _heldout(run):
+    from .report import heldout_rows
+
+    return heldout_rows(run)
+
+
+def _fit_rows(store) -> int:
+    import numpy as np
+
+    return int(np.count_nonzero(store.done_mask()[:store.n_models - store.spec.fit.holdout]))
+
+
+def cmd_verify(a) -> int:
+    """Retrain-to-verify: remove each target's top influencers, retrain, compare actual and predicted change."""
+    import json as _json
+
+    import numpy as np
+
+    from .attribution import Attribution, parse_index_list
+    from .evaluate import VERIFY_OFFSET, verify_removals
+    from .experiment import open_run
+
+    run = open_run(a.run)
+    attr = Attribution.from_run(run, labels=False)
+    store = run.store(mode="r")
+    if a.targets_list:
+        targets = parse_index_list(a.targets_list, "--target-list")
+    else:
+        pool = np.arange(attr.n_targets)
+        test = attr._set("test")
+        if test is not None:
+            pool = np.arange(test.start, test.stop)
+        if not 1 <= a.targets <= len(pool):
+            raise DatamodelsError(f"--targets = {a.targets} must lie in 1..{len(pool)}.")
+        targets = np.sort(np.random.default_rng(a.seed).choice(pool, a.targets, replace=False))
+    sizes = parse_index_list(a.sizes, "--sizes")
+    spec = run.spec.replace(trainer={"threads": a.threads}) if a.threads else run.spec
+    offset = a.offset if a.offset is not None else max(VERIFY_OFFSET, store.n_models)
+    if offset < store.n_models:
+        raise DatamodelsError(f"--offset = {offset} must be at least the store's n_models ({store.n_models}).")
+    res = verify_removals(attr, spec, run.data_dir, targets, sizes, n_bases=a.bases, runs=a.runs, base=a.base,
+                          offset=offset, cache_dir=run.path / "eval", progress=not a.quiet)
+    pairs = run.path / "eval" / f"verify-{res['protocol']['key']}.json"
+    pairs.write_text(_json.dumps(res))
+    res = {k: v for k, v in res.items() if k != "pairs"}
+    res["pairs_file"] = str(pairs)
+    _print_json(res)
     return 0
 
 
@@ -245,11 +358,54 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("query", help="top positive and negative influencers of a target")
+    s = sub.add_parser("query", help="influencers, counterfactuals, brittleness, nearest examples, score export")
     s.add_argument("run")
-    s.add_argument("--target", type=int, required=True, help="target index (column of the margins)")
+    s.add_argument("--target", type=int, default=None, help="target index (column of the margins)")
+    s.add_argument("--set", default=None, help="read --target as an index into this target set (test, train)")
     s.add_argument("--top", type=int, default=10)
+    s.add_argument("--remove", default=None, metavar="IDX",
+                   help="predicted effect of removing these training examples: 3,17,40:50 or a .npy/.txt file")
+    s.add_argument("--base", default="full", metavar="BASE",
+                   help="what --remove and --brittleness remove from: full (the whole pool; default), "
+                        "alpha (expectation over the random alpha-subsets), or a subset as indices / file")
+    s.add_argument("--subset", default=None, metavar="IDX", help="predicted margin of a model trained on exactly these examples")
+    s.add_argument("--brittleness", action="store_true",
+                   help="smallest set of top positive influencers whose removal is predicted to flip the target")
+    s.add_argument("--budget", type=int, default=None, help="most examples --brittleness may remove")
+    s.add_argument("--nearest", action="store_true", help="nearest training examples of the target (leakage)")
+    s.add_argument("--method", default="auto", choices=("auto", "embedding", "weight"), help="for --nearest")
+    s.add_argument("--train-example", type=int, default=None, help="nearest training examples of this training example")
+    s.add_argument("--plot", default=None, metavar="PNG", help="write the target beside its top influencers")
+    s.add_argument("--export-scores", default=None, metavar="PATH",
+                   help="write the score matrix [n_train, n_targets] (TRAK/dattri convention) as PATH.npy + PATH.json")
+    s.add_argument("--embeddings", default=None, metavar="NPY", help="write datamodel embeddings [k, d] (unit rows)")
+    s.add_argument("--pca", type=int, default=None, help="reduce --embeddings to this many principal components")
+    s.add_argument("--sets", default=None, help="target sets to export, e.g. test or test,train (default: all)")
     s.set_defaults(func=cmd_query)
+
+    s = sub.add_parser("lds", help="LDS against fresh subsets trained several times each (ground truth)")
+    s.add_argument("run")
+    s.add_argument("--subsets", type=int, default=100, help="fresh alpha-subsets")
+    s.add_argument("--runs", type=int, default=5, help="models (seeds) per subset, averaged")
+    s.add_argument("--offset", type=int, default=None, help="first model index (seed) of the fresh models")
+    s.add_argument("--threads", type=int, default=None, help="torch threads (default: the spec's)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_lds)
+
+    s = sub.add_parser("verify", help="retrain-to-verify predicted effects of removing top influencers")
+    s.add_argument("run")
+    s.add_argument("--targets", type=int, default=50, help="random targets to check (from the test set)")
+    s.add_argument("--target-list", dest="targets_list", default=None, help="these targets instead: 1,5,9 or a file")
+    s.add_argument("--sizes", default="5,10,20,40", help="removal sizes")
+    s.add_argument("--base", default="alpha", choices=("alpha", "full"),
+                   help="remove from fresh alpha-subsets (default) or from the full pool")
+    s.add_argument("--bases", type=int, default=2, help="fresh base subsets (alpha base)")
+    s.add_argument("--runs", type=int, default=5, help="seeds per base, paired between base and removal models")
+    s.add_argument("--seed", type=int, default=0, help="picks the random targets")
+    s.add_argument("--offset", type=int, default=None, help="first model index (seed) of the fresh models")
+    s.add_argument("--threads", type=int, default=None)
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("report", help="plots and a summary of a fitted run")
     s.add_argument("run")

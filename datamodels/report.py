@@ -37,27 +37,20 @@ def heldout_lds(run: Run, dm=None) -> LDSResult:
                source=f"models {rows.min() if len(rows) else 0}..{store.n_models - 1} of the store, never fitted")
 
 
-def _check_target(run: Run, dm, target: int) -> None:
-    k = dm.coef_.shape[1]
-    if not 0 <= target < k:
-        raise DatamodelsError(f"target = {target} does not exist: the run has targets 0..{k - 1}.")
+def attribution(run: Run, dm=None, labels: bool = False):
+    """The query object (datamodels.attribution.Attribution) over a run's fit."""
+    from .attribution import Attribution
+
+    if dm is None:
+        return Attribution.from_run(run, labels=labels)
+    store = run.store(mode="r")
+    return Attribution.from_datamodels(dm, alpha=store.spec.experiment.alpha, target_sets=tuple(store.targets),
+                                       source=str(run.fit_path))
 
 
 def top_influencers(run: Run, target: int, top: int = 10, dm=None) -> dict:
     """The `top` most positive and most negative training examples for one target."""
-    dm = dm if dm is not None else load_fit(run)
-    _check_target(run, dm, target)
-    w = np.asarray(dm.coef_[:, target])
-    order = np.argsort(w)
-    pos = [i for i in order[::-1][:top] if w[i] > 0]
-    neg = [i for i in order[:top] if w[i] < 0]
-    return {
-        "target": target,
-        "bias": float(dm.intercept_[target]),
-        "lambda": float(dm.lam_[target]),
-        "positive": [{"train_index": int(i), "weight": float(w[i])} for i in pos],
-        "negative": [{"train_index": int(i), "weight": float(w[i])} for i in neg],
-    }
+    return attribution(run, dm).influencers(target, top)
 
 
 def _target_images(run: Run):
@@ -107,6 +100,48 @@ def plot_influencers(path, target_img, target_label, infl: dict, train_x, train_
     plt.close(fig)
 
 
+def plot_influencer_grid(path, rows: list, train_x, train_y, n: int = 5) -> None:
+    """One row per target: the target, then its n top positive and n top negative influencers.
+
+    rows: list of (target image, target label, influencers dict as from
+    Attribution.influencers); each influencer is titled with its index, label and weight.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 1 + 2 * n
+    fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols, 1.6 * len(rows)), squeeze=False)
+    for r, (img, label, infl) in enumerate(rows):
+        ax = axes[r, 0]
+        _show(ax, img)
+        ax.set_title(f"target {infl['target']}\nlabel {label}", fontsize=7)
+        for side, key in enumerate(("positive", "negative")):
+            for c in range(n):
+                ax = axes[r, 1 + side * n + c]
+                ax.axis("off")
+                if c < len(infl[key]):
+                    e = infl[key][c]
+                    _show(ax, train_x[e["train_index"]])
+                    ax.axis("on")
+                    ax.set_title(f"#{e['train_index']} y={train_y[e['train_index']]}\nw={e['weight']:+.3f}",
+                                 fontsize=6, color="tab:green" if key == "positive" else "tab:red")
+    axes[0, 1].set_ylabel("")
+    fig.suptitle(f"each row: target | top {n} positive (green) | top {n} negative (red) influencers", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_influencer_grid(run: Run, attr, targets, path, n: int = 5):
+    """Write the influencer grid of `targets` (target columns) for a run; returns the path."""
+    tx, ty, trx, try_ = _target_images(run)
+    rows = [(tx[t], int(ty[t]), attr.influencers(int(t), n)) for t in targets]
+    plot_influencer_grid(path, rows, trx, try_, n=n)
+    return path
+
+
 def plot_scatter(path, predicted: np.ndarray, actual: np.ndarray, res: LDSResult) -> None:
     import matplotlib
 
@@ -150,12 +185,18 @@ def write_report(run: Run) -> dict:
     target = int(np.nanargmax(res.per_target))
     infl = top_influencers(run, target, 5, dm=dm)
     plot_influencers(out / "influencers.png", tx[target], int(ty[target]), infl, trx, try_)
+    # a few targets spread over the LDS range, so the grid is not only the easy cases
+    order = np.argsort(np.nan_to_num(res.per_target, nan=-np.inf))[::-1]
+    grid = [int(order[int(q * (len(order) - 1))]) for q in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)]
+    attr = attribution(run, dm)
+    plot_influencer_grid(out / "influencers_grid.png",
+                         [(tx[t], int(ty[t]), attr.influencers(t, 5)) for t in grid], trx, try_, n=5)
     summary = {
         "lds": res.summary(),
         "example_target": infl,
         "spec": store.spec.to_dict(),
         "n_models_done": store.status()["done"],
-        "files": ["lds_scatter.png", "influencers.png"],
+        "files": ["lds_scatter.png", "influencers.png", "influencers_grid.png"],
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -245,3 +245,90 @@ def test_shapes_are_checked():
         Attribution(np.zeros((3, 2)), np.zeros(3))
     with pytest.raises(DatamodelsError, match="'train' has 2 columns"):
         Attribution(np.zeros((3, 4)), np.zeros(4), target_sets=(TargetSet("test", 0, 2), TargetSet("train", 2, 4)))
+
+
+# ---------------------------------------------------------------------- the command line
+def cli(*args):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_one_sentence(rc, err, *words):
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, err)
+
+
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    """The small digits run with hand-made weights saved in the fit format (no training needed)."""
+    from conftest import SMALL, write_spec
+    from datamodels.experiment import init_run
+    from datamodels.regress import Datamodels
+
+    tmp = tmp_path_factory.mktemp("q")
+    run = init_run(write_spec(tmp / "s.toml", **SMALL), tmp / "run")
+    store = run.store(mode="r")
+    n, k = store.n_train, store.n_targets
+    rng = np.random.default_rng(0)
+    coef = np.where(rng.random((n, k)) < 0.05, rng.normal(scale=0.1, size=(n, k)), 0.0).astype(np.float32)
+    dm = Datamodels(n_lambdas=1)
+    dm.coef_, dm.intercept_ = coef, rng.normal(size=k).astype(np.float32)
+    dm.lam_, dm.lambdas_ = np.full(k, 0.01), np.full((1, k), 0.01)
+    dm.val_mse_path_, dm.val_mse_ = np.ones((1, k)), np.ones(k)
+    dm.n_nonzero_ = np.count_nonzero(coef, axis=0)
+    dm.save(run.fit_path)
+    return run, coef, dm.intercept_
+
+
+def test_cli_query_answers(fitted_run, tmp_path):
+    run, coef, bias = fitted_run
+    rc, out, err = cli("query", run.path, "--target", 3, "--remove", "1,2,2", "--brittleness", "--subset", "0:650")
+    assert rc == 0, err
+    lines = out.strip().splitlines()
+    assert len(lines) == 1
+    res = json.loads(lines[0])
+    w = coef[:, 3].astype(np.float64)
+    assert res["counterfactual"]["predicted_change"] == pytest.approx(-(w[1] + w[2]), rel=1e-6)
+    assert res["counterfactual"]["margin_before"] == pytest.approx(bias[3] + w.sum(), rel=1e-5)
+    assert res["subset"]["predicted_margin"] == pytest.approx(bias[3] + w[:650].sum(), rel=1e-5)
+    assert "found" in res["brittleness"]
+    rc, out, err = cli("query", run.path, "--export-scores", tmp_path / "scores")
+    assert rc == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "scores.npy"), coef)
+
+
+def test_cli_query_bad_input(fitted_run, tmp_path):
+    run, _, _ = fitted_run
+    rc, _, err = cli("query", run.path, "--target", 497)
+    assert_one_sentence(rc, err, "target = 497", "0..496")
+    rc, _, err = cli("query", run.path, "--target", -1)
+    assert_one_sentence(rc, err, "target = -1")
+    rc, _, err = cli("query", run.path, "--target", 0, "--remove", "5,1300")
+    assert_one_sentence(rc, err, "removal index = 1300", "0..1299")
+    rc, _, err = cli("query", run.path, "--target", 0, "--remove", "5,x")
+    assert_one_sentence(rc, err, "--remove", "'x'")
+    rc, _, err = cli("query", run.path)
+    assert_one_sentence(rc, err, "--target")
+    rc, _, err = cli("query", run.path, "--target", 0, "--nearest", "--method", "embedding")
+    assert_one_sentence(rc, err, "targets.sets", "train")
+    rc, _, err = cli("query", run.path, "--target", 0, "--set", "train")
+    assert_one_sentence(rc, err, "target set = 'train'")
+    rc, _, err = cli("verify", run.path, "--targets", 0)
+    assert_one_sentence(rc, err, "--targets = 0")
+
+
+def test_cli_store_without_fit(tmp_path):
+    from conftest import SMALL, write_spec
+    from datamodels.experiment import init_run
+
+    run = init_run(write_spec(tmp_path / "s.toml", **SMALL), tmp_path / "run")
+    for cmd in (("query", run.path, "--target", 0), ("lds", run.path), ("verify", run.path)):
+        rc, _, err = cli(*cmd)
+        assert_one_sentence(rc, err, "no fitted datamodels", "datamodels fit")
