@@ -115,3 +115,18 @@ def test_batched_equals_each_model_trained_alone(digits, model, sampler, extra):
     leaked = masks[0].copy()
     leaked[np.flatnonzero(~leaked)[0]] = True
     assert np.abs(train_one(spec, data, 7, leaked)["margins"] - batched[0]).max() > 1e-2
+
+
+def test_shared_init_removes_init_noise(digits):
+    spec, data = digits
+    n = data.x.shape[0]
+    mask = np.repeat(sample_masks(0, [0], n, 0.5), 2, axis=0)
+    # a learning rate too small to move the weights: margins are the init's margins
+    still = {"lr": 1e-9, "epochs": 1}
+    per = train_block(spec.replace(trainer=still), data, [0, 1], mask)["margins"]
+    shared = train_block(spec.replace(trainer={**still, "init": "shared"}), data, [0, 1], mask)["margins"]
+    assert not np.allclose(per[0], per[1], atol=1e-3)
+    np.testing.assert_allclose(shared[0], shared[1], atol=1e-5)
+    # trained for real, two runs on one subset then differ only through data order
+    runs = train_block(spec.replace(trainer={"init": "shared"}), data, [0, 1], mask)["margins"]
+    assert not np.array_equal(runs[0], runs[1])

@@ -30,6 +30,14 @@ from .margins import outputs_from_logits
 from .models import stacked_model
 
 INIT_STREAM = 1  # model_rng stream for init + data order (stream 0 draws the mask)
+SHARED_INIT_STREAM = 2  # trainer.init = "shared": one init for every model, from (seed, 0, 2)
+
+
+def init_sources(spec, rngs: list) -> list:
+    """The generators each model's init is drawn from: its own, or one shared by all models."""
+    if spec.trainer.init == "shared":
+        return [model_rng(spec.experiment.seed, 0, SHARED_INIT_STREAM) for _ in rngs]
+    return rngs
 EVAL_ROWS = 1 << 14  # models x targets per eval forward pass: small enough that activations stay in cache
 
 
@@ -78,7 +86,7 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
     B, bs = len(indices), tr.batch_size
     model = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
     rngs = [model_rng(spec.experiment.seed, int(i), INIT_STREAM) for i in indices]
-    params = init_params(model, rngs, device)
+    params = init_params(model, init_sources(spec, rngs), device)
     if not hasattr(model, "grads"):
         params = [p.requires_grad_() for p in params]
     bufs = [torch.zeros_like(p) for p in params]

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import DatamodelsError
 from ..masks import model_rng
-from .batched import INIT_STREAM, init_params, lr_at
+from .batched import INIT_STREAM, init_params, init_sources, lr_at
 from .margins import outputs_from_logits
 from .models import stacked_model
 
@@ -163,7 +163,7 @@ def train_one_ffcv(spec, data, index: int, mask: np.ndarray, outputs, device: to
     """
     tr = spec.trainer
     rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
-    net = build_model(spec, data, rng).to(device, memory_format=torch.channels_last)
+    net = build_model(spec, data, init_sources(spec, [rng])[0]).to(device, memory_format=torch.channels_last)
     order_seed, aug_seed = (int(s) for s in rng.integers(0, 2**31 - 1, size=2))
     recipe = spec.model.name == "resnet9"
     amp = device.type == "cuda"

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from ..masks import model_rng
-from .batched import INIT_STREAM, epoch_order, init_params, lr_at
+from .batched import INIT_STREAM, epoch_order, init_params, init_sources, lr_at
 from .margins import outputs_from_logits
 from .models import stacked_model
 
@@ -23,7 +23,7 @@ def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) ->
     tr = spec.trainer
     stacked = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
     rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
-    net = stacked.to_module(init_params(stacked, [rng], data.x.device))
+    net = stacked.to_module(init_params(stacked, init_sources(spec, [rng]), data.x.device))
     opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
                           nesterov=tr.nesterov)
     subset = np.flatnonzero(mask)
