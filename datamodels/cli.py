@@ -38,6 +38,8 @@ def cmd_run(a) -> int:
 
         st = run_local(run, workers=a.workers, progress=not a.quiet)
         print(f"{st['done']} of {st['n_models']} models done ({st['written']} written now, {st['failed']} failed rows)")
+        if st.get("restarts"):
+            print(f"a worker process died; the pool was restarted {st['restarts']} times", file=sys.stderr)
         for e in st["errors"]:
             print(f"worker error: {e}", file=sys.stderr)
         return 0 if st["missing"] == 0 else 1

@@ -156,7 +156,8 @@ def test_local_run_restarts_a_broken_pool(tmp_path, digits_data_dir, tmp_path_fa
     try:
         _wait_for_done(run.store_path, 30, driver)
         workers = _pool_workers(driver.pid)
-        assert workers, "the pool had no live worker to kill"
+        assert driver.poll() is None and workers, ("the pool had no live worker to kill", driver.poll(),
+                                                   driver.stderr.read() if driver.poll() is not None else "")
         os.kill(workers[0], signal.SIGKILL)
         out, err = driver.communicate(timeout=240)
     finally:
@@ -164,4 +165,5 @@ def test_local_run_restarts_a_broken_pool(tmp_path, digits_data_dir, tmp_path_fa
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait(30)
     assert driver.returncode == 0, err
+    assert "the pool was restarted 1 times" in err
     assert_complete_and_equal(Store.open(run.store_path), reference)
