@@ -161,3 +161,41 @@ def test_early_stop_keeps_the_chosen_lambda():
     np.testing.assert_array_equal(early.best, full.best)
     assert early.stop.min() < 40  # finished targets stopped costing work
     assert np.all(np.isnan(early.val_mse[early.stop.max():]))
+
+
+@pytest.mark.parametrize("xp", XPS)
+def test_rows_solver_with_every_row_kept_is_the_gram_solver(xp):
+    """The exclude_self solver (data form, per-target rows) on all rows equals the shared-Gram path."""
+    from datamodels.regress import Datamodels
+    from datamodels.regress.rows import lasso_path_rows
+
+    rng = np.random.default_rng(9)
+    m, n, k = 500, 20, 3
+    masks = rng.random((m, n)) < 0.5
+    Y = (masks @ (rng.normal(size=(n, k)) * (rng.random((n, k)) < 0.4)) + rng.normal(size=(m, k))).astype(np.float32)
+    fit = lasso_path_rows(xp, to_xp(xp, masks, "float64"), to_xp(xp, Y, "float64"), to_xp(xp, np.ones((m, k)), "float64"),
+                          450, n_lambdas=15, lambda_ratio=1e-3, tol=1e-7, max_iter=2000, patience=None)
+    ref = Datamodels(n_lambdas=15, tol=1e-7, max_iter=2000, patience=None, dtype="float64").fit(masks, Y)
+    np.testing.assert_allclose(fit.lambdas, ref.lambdas_, rtol=1e-7)
+    np.testing.assert_allclose(fit.val_mse, ref.val_mse_path_, rtol=1e-5)
+    np.testing.assert_allclose(fit.lam, ref.lam_, rtol=1e-7)
+    np.testing.assert_allclose(fit.coef, ref.coef_, atol=1e-5)
+    np.testing.assert_allclose(fit.intercept, ref.intercept_, atol=1e-5)
+
+
+@pytest.mark.parametrize("xp", XPS)
+def test_estimator_on_backend_matches_numpy(xp):
+    from datamodels.regress import Datamodels
+
+    rng = np.random.default_rng(4)
+    masks = rng.random((800, 30)) < 0.5
+    Y = (masks @ (rng.normal(size=(30, 4)) * (rng.random((30, 4)) < 0.3)) + rng.normal(size=(800, 4))).astype(np.float32)
+    ref = Datamodels(n_lambdas=20, tol=1e-6).fit(masks, Y)
+    got = Datamodels(n_lambdas=20, tol=1e-6, xp=xp).fit(masks, Y)
+    np.testing.assert_allclose(got.lam_, ref.lam_, rtol=1e-5)  # same grid index; float32 X^T y per BLAS
+    np.testing.assert_allclose(got.coef_, ref.coef_, atol=1e-4)
+    ex = np.array([-1, 3, 7, -1])
+    got = Datamodels(n_lambdas=10, exclude_self=ex, xp=xp).fit(masks, Y)
+    ref = Datamodels(n_lambdas=10, exclude_self=ex).fit(masks, Y)
+    np.testing.assert_allclose(got.coef_, ref.coef_, atol=1e-4)
+    assert got.coef_[3, 1] == 0 and got.coef_[7, 2] == 0

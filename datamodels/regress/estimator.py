@@ -167,7 +167,7 @@ class Datamodels:
         tr, va = Moments.zeros(n, k, y0), Moments.zeros(n, k, y0)
         for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
             for mb, yb in rows(lo, hi):
-                accumulate(acc, mb, yb, xp=self._xp())
+                accumulate(acc, mb, yb, xp=self._xp(), dtype=getattr(self._xp(), self.dtype))
         out = prior if prior is not None else _empty(n, k, self.n_lambdas)
         bt = int(self.block_targets)
         starts = list(range(0, k, bt))
@@ -180,14 +180,16 @@ class Datamodels:
                 continue
             sl = slice(s, min(k, s + bt))
             res = self._fit_block(tr.targets(sl), va.targets(sl), rows, n_tr, m,
-                                  None if exclude is None else exclude[sl])
+                                  None if exclude is None else exclude[sl], np.arange(sl.start, sl.stop))
             for key, v in res.items():
                 out[key][..., sl] = v
             if on_block is not None:
                 on_block(b, sl, res)
         self._set(out)
 
-    def _fit_block(self, tr: Moments, va: Moments, rows, n_tr: int, m: int, exclude) -> dict[str, np.ndarray]:
+    def _fit_block(self, tr: Moments, va: Moments, rows, n_tr: int, m: int, exclude,
+                   cols: np.ndarray) -> dict[str, np.ndarray]:
+        """One block of targets (global columns `cols`); exclude: int[len(cols)] or None."""
         k = tr.sy.shape[0]
         res = _empty(tr.sx.shape[0], k, self.n_lambdas)
         plain = np.arange(k) if exclude is None else np.flatnonzero(exclude < 0)
@@ -195,22 +197,49 @@ class Datamodels:
             r = self._solve(tr.targets(plain), va.targets(plain))
             for key, v in r.items():
                 res[key][..., plain] = v
-        if exclude is not None:
-            for s in np.unique(exclude[exclude >= 0]):
-                tg = np.flatnonzero(exclude == s)
-                y0 = tr.y0[tg]
-                trs, vas = Moments.zeros(tr.sx.shape[0], len(tg), y0), Moments.zeros(tr.sx.shape[0], len(tg), y0)
-                for lo, hi, acc in ((0, n_tr, trs), (n_tr, m, vas)):
-                    for mb, yb in rows(lo, hi):
-                        keep = ~np.asarray(mb[:, s], dtype=bool)
-                        accumulate(acc, mb[keep], np.asarray(yb)[keep][:, tg], xp=self._xp())
-                if trs.count < 2 or vas.count < 1:
-                    raise _err("exclude_self", int(s), f"leaves {trs.count} training and {vas.count} validation "
-                               "models without that example; at least 2 and 1 are needed")
-                r = self._solve(trs, vas)
-                for key, v in r.items():
-                    res[key][..., tg] = v
+        if exclude is not None and (exclude >= 0).any():
+            tg = np.flatnonzero(exclude >= 0)
+            r = self._solve_rows(tr.targets(tg), rows, n_tr, m, exclude[tg], cols[tg])
+            for key, v in r.items():
+                res[key][..., tg] = v
         return res
+
+    def _solve_rows(self, tr: Moments, rows, n_tr: int, m: int, selves: np.ndarray,
+                    cols: np.ndarray) -> dict[str, np.ndarray]:
+        """Targets fitted on the models without their own example (data form, see :mod:`.rows`).
+
+        Holds the masks as float [m, n] and the targets' margins in memory.
+        """
+        from .rows import lasso_path_rows
+
+        xp = self._xp()
+        dev = _default_device(xp)
+        parts = [(np.asarray(mb, dtype=bool), np.asarray(yb)) for mb, yb in rows(0, m)]
+        masks = np.concatenate([p[0] for p in parts])
+        Y = np.concatenate([p[1][:, cols] for p in parts])
+        keep = ~masks[:, selves]
+        for name, part in (("training", keep[:n_tr]), ("validation", keep[n_tr:])):
+            cnt = part.sum(axis=0)
+            need = 2 if name == "training" else 1
+            if (cnt < need).any():
+                j = int(np.argmax(cnt < need))
+                raise _err("exclude_self", int(selves[j]), f"leaves {int(cnt[j])} {name} models without that "
+                           f"example; at least {need} are needed")
+        f = self.dtype
+
+        def arr(a):
+            return xp.asarray(np.asarray(a, dtype=f), device=dev)
+
+        P = standardise(tr)
+        fit = lasso_path_rows(xp, arr(masks), arr(Y), arr(keep), n_tr, n_lambdas=int(self.n_lambdas),
+                              lambda_ratio=float(self.lambda_ratio), tol=float(self.tol),
+                              max_iter=int(self.max_iter), patience=self.patience, G_pooled=arr(P.G))
+        k = len(selves)
+        return {
+            "coef": fit.coef, "intercept": fit.intercept, "lam": fit.lam, "lambdas": fit.lambdas,
+            "val_mse_path": fit.val_mse, "val_mse": fit.val_mse[fit.best, np.arange(k)],
+            "n_nonzero": np.count_nonzero(fit.coef, axis=0),
+        }
 
     def _solve(self, tr: Moments, va: Moments) -> dict[str, np.ndarray]:
         """Path on the training rows, lambda on the validation rows, refit on all rows."""
