@@ -134,6 +134,7 @@ class Fit:
     tol: float = 1e-4
     exclude_self: bool = True  # "train" targets are fitted only on models whose subset excludes them
     block_targets: int = 1024  # targets solved together: bounds memory; the unit a fit resumes from
+    patience: int = 5  # a target's path stops after this many lambdas without a better validation MSE (0: whole grid)
 
     def validate(self) -> None:
         _check(self.holdout >= 0, "fit.holdout", self.holdout, "must be non-negative")
@@ -143,6 +144,7 @@ class Fit:
         _check(self.max_iter >= 1, "fit.max_iter", self.max_iter, "must be at least 1")
         _check(self.tol > 0, "fit.tol", self.tol, "must be positive")
         _check(self.block_targets >= 1, "fit.block_targets", self.block_targets, "must be at least 1")
+        _check(self.patience >= 0, "fit.patience", self.patience, "must be non-negative (0: the whole grid)")
 
 
 SECTIONS: dict[str, type] = {

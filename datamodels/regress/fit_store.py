@@ -66,7 +66,7 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
     est = Datamodels(n_lambdas=fit_spec.n_lambdas, lambda_ratio=fit_spec.lambda_ratio,
                      val_fraction=fit_spec.val_fraction, max_iter=fit_spec.max_iter, tol=fit_spec.tol,
                      exclude_self=exclude, xp=xp, block_targets=int(getattr(fit_spec, "block_targets", 1024)),
-                     progress=progress)
+                     progress=progress, patience=int(getattr(fit_spec, "patience", 5)) or None)
     est._validate()
     m = len(idx)
     if m < 3:

@@ -46,7 +46,7 @@ from typing import NamedTuple
 import numpy as np
 from array_api_compat import array_namespace
 
-from ..kernels import is_cupy, prox_block
+from ..kernels import is_cupy, prox_block, prox_block_numpy
 from .moments import _np
 
 
@@ -115,10 +115,14 @@ def epoch(xp, G, blocks, W, R, lam) -> None:
     G: [n, n]; W, R: [n, k] with R = C - G W kept exact; lam: [k].
     """
     fused = is_cupy(W)
+    twin = isinstance(W, np.ndarray) and W.flags.c_contiguous
     for b0, b1, step in blocks:
         if fused:
             # one kernel instead of six elementwise passes (datamodels.kernels.prox_block)
             D, moved = prox_block(W[b0:b1, :], R[b0:b1, :], lam, step)
+        elif twin:
+            # the kernel's NumPy twin works in place with two temporaries
+            D, moved = prox_block_numpy(W[b0:b1, :], R[b0:b1, :], lam, step)
         else:
             Wb = W[b0:b1, :]
             Wn = soft_threshold(xp, Wb + step * R[b0:b1, :], step * lam)
