@@ -295,7 +295,8 @@ class Attribution:
         S = self.check_train_indices(remove, "removal index")
         cols = self._targets(targets)
         f = self._removal_weights(base)[S]
-        return -(f @ self.coef[np.ix_(S, cols)]) if len(S) else np.zeros(len(cols))
+        # 0.0 - x, not -x: an empty or zero-weight removal reads 0.0, not -0.0
+        return 0.0 - (f @ self.coef[np.ix_(S, cols)]) if len(S) else np.zeros(len(cols))
 
     def counterfactual(self, remove, target: int, base="full") -> dict[str, Any]:
         """One target's predicted margin before and after removing `remove`, as a dict."""

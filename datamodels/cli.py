@@ -401,8 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sizes", default="5,10,20,40", help="removal sizes")
     s.add_argument("--base", default="alpha", choices=("alpha", "full"),
                    help="remove from fresh alpha-subsets (default) or from the full pool")
-    s.add_argument("--bases", type=int, default=2, help="fresh base subsets (alpha base)")
-    s.add_argument("--runs", type=int, default=5, help="seeds per base, paired between base and removal models")
+    s.add_argument("--bases", type=int, default=4, help="fresh base subsets (alpha base)")
+    s.add_argument("--runs", type=int, default=10, help="seeds per base, paired between base and removal models")
     s.add_argument("--seed", type=int, default=0, help="picks the random targets")
     s.add_argument("--offset", type=int, default=None, help="first model index (seed) of the fresh models")
     s.add_argument("--threads", type=int, default=None)
