@@ -8,19 +8,15 @@ lives inside the fit only.
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..errors import DatamodelsError
-from .moments import Moments, Problem, accumulate, standardise, validation_problem
+from .moments import Moments, accumulate, standardise, validation_problem
 from .solver import lasso_at, lasso_path
 
-FORMAT = "datamodels-fit"
-FORMAT_VERSION = 1
 SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype")
 
 
@@ -48,7 +44,9 @@ class Datamodels:
     solver's epochs per lambda; tol is the relative duality gap at which a
     target stops (objective <= optimum * (1 + tol)); exclude_self: int[k] or
     None, per target the training index it is (-1 for none): target j is then
-    fitted only on the models whose subset excludes that example; xp: array
+    fitted only on the models whose subset excludes that example (these
+    targets have their own rows and Gram, so they are solved in data form by
+    :mod:`.rows`, holding the masks as float [m, n] in memory); xp: array
     namespace for the solver (None: NumPy; also CuPy, torch via
     array-api-compat); block_targets: targets solved together (bounds memory,
     unit of resumption in :func:`fit_store`); progress: show a tqdm bar;
@@ -331,6 +329,3 @@ def _first_mean(rows, n_tr: int, k: int) -> np.ndarray:
         return np.asarray(yb, dtype=np.float64).mean(axis=0)
     return np.zeros(k)
 
-
-def settings_json(settings: dict) -> str:
-    return json.dumps(settings, sort_keys=True)

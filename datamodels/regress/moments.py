@@ -92,7 +92,7 @@ def accumulate(acc: Moments, masks, margins, xp=None, dtype=None) -> Moments:
     2^24 rows, and X^T (y - y0) is summed per block into float64 accumulators,
     which keeps the relative error near float32's epsilon times sqrt(block).
     """
-    from array_api_compat import array_namespace, to_device  # noqa: F401
+    from array_api_compat import array_namespace
 
     if xp is None:
         xp = array_namespace(margins) if not isinstance(margins, np.ndarray) else np
@@ -135,22 +135,6 @@ def _np(a) -> np.ndarray:
     if hasattr(a, "detach"):
         return a.detach().cpu().numpy()
     return np.asarray(a)
-
-
-def moments_of(masks, margins, rows: slice | np.ndarray, y0: np.ndarray, block: int = 8192,
-               xp=None) -> Moments:
-    """Moments of masks[rows], margins[rows] computed in row blocks (bounded extra memory)."""
-    idx = np.arange(masks.shape[0])[rows]
-    n, k = masks.shape[1], margins.shape[1]
-    acc = Moments.zeros(n, k, y0)
-    for s in range(0, len(idx), block):
-        sel = idx[s:s + block]
-        if len(sel) and sel[-1] - sel[0] + 1 == len(sel):  # contiguous: a view, no copy
-            sl = slice(int(sel[0]), int(sel[-1]) + 1)
-            accumulate(acc, masks[sl], margins[sl], xp=xp)
-        else:
-            accumulate(acc, masks[sel], margins[sel], xp=xp)
-    return acc
 
 
 @dataclass
