@@ -23,17 +23,22 @@ class _ArrayDataset:
 
 
 def write_array_beton(path: str | Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """Write images: float32[N, ...] and labels: int[N] as an FFCV .beton (atomic rename)."""
+    """Write images[N, ...] (float32 or uint8, kept as given) and labels int[N] as an FFCV .beton.
+
+    The file appears by atomic rename: readers never see a half-written one.
+    """
     from ffcv.fields import IntField, NDArrayField
     from ffcv.writer import DatasetWriter
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    images = np.ascontiguousarray(images, dtype=np.float32)
+    images = np.ascontiguousarray(images)
+    if images.dtype not in (np.float32, np.uint8):
+        images = images.astype(np.float32)
     tmp = path.with_suffix(".beton.partial")
     writer = DatasetWriter(
         str(tmp),
-        {"image": NDArrayField(np.dtype("float32"), images.shape[1:]), "label": IntField()},
+        {"image": NDArrayField(images.dtype, images.shape[1:]), "label": IntField()},
         num_workers=1,
     )
     writer.from_indexed_dataset(_ArrayDataset(images, np.asarray(labels)))

@@ -69,41 +69,14 @@ def cifar10_arrays(data_spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"train": (x[: data_spec.n_train], y[: data_spec.n_train]), "test": _read_batch(path / TEST_FILE)}
 
 
-class _Pairs:
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.images[i], int(self.labels[i])
-
-
-def write_image_beton(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """images: uint8[N, H, W, 3] -> .beton with fields image (NDArrayField uint8) and label."""
-    from ffcv.fields import IntField, NDArrayField
-    from ffcv.writer import DatasetWriter
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".beton.partial")
-    writer = DatasetWriter(
-        str(tmp),
-        {"image": NDArrayField(np.dtype("uint8"), images.shape[1:]), "label": IntField()},
-        num_workers=1,
-    )
-    writer.from_indexed_dataset(_Pairs(images, labels))
-    tmp.replace(path)  # readers never see a half-written file
-    return path
-
-
 def build_cifar10(data_spec, data_dir) -> dict[str, Path]:
     """Write {train, test}.beton under data_dir from the archive in data_spec.root."""
     from . import beton_paths
+    from .beton import write_array_beton
 
     paths = beton_paths(data_dir)
     for split, (x, y) in cifar10_arrays(data_spec).items():
-        write_image_beton(paths[split], x, y)
+        write_array_beton(paths[split], x, y)  # uint8 HWC kept as stored: 3 KB per image
     return paths
 
 
