@@ -58,6 +58,22 @@ def write_spec(path: Path, base: Path, **sections) -> Path:
     return path
 
 
+def parse_overrides(text: str) -> dict:
+    """'epochs=40,lr_schedule=triangle' -> {"epochs": 40, "lr_schedule": "triangle"}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        for cast in (int, float):
+            try:
+                out[key.strip()] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key.strip()] = {"true": True, "false": False}.get(value.strip(), value.strip())
+    return out
+
+
 def fit_on_first(run, masks, margins, N: int, spec, progress: bool):
     """The lasso-path datamodels of the first N models, cached in RUN/curve/fit_N.zarr."""
     from datamodels.regress import Datamodels
@@ -93,7 +109,7 @@ def curve_for(model: str, args, out_dir: Path) -> dict:
     else:
         spec_path = write_spec(out_dir / f"{model}.toml", REPO / "jobs" / "digits.toml",
                                experiment={"name": f"lds_curve_{model}", "n_models": n_models, "block_size": 500},
-                               model={"name": model}, fit={"holdout": holdout})
+                               model={"name": model}, fit={"holdout": holdout}, trainer=args.trainer)
     run = init_run(spec_path, run_dir)
     if run.spec.experiment.n_models != n_models:
         raise SystemExit(f"{run_dir} holds {run.spec.experiment.n_models} models, not {n_models}; use another --out.")
@@ -155,16 +171,25 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--threads", type=int, default=2, help="torch threads for the ground-truth models")
     p.add_argument("--quick", action="store_true", help="small smoke version: 200/500 models, 20 subsets x 3 runs")
+    p.add_argument("--trainer", default="", metavar="K=V,...",
+                   help="override trainer fields of the demo recipe, e.g. epochs=40,weight_decay=5e-3 (needs --tag)")
+    p.add_argument("--tag", default="", help="name of this variant: runs/lds_curve_TAG, results/lds_curve_TAG.json")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.sizes = [int(s) for s in args.sizes.split(",")]
-    name = "lds_curve"
+    args.trainer = parse_overrides(args.trainer)
+    if args.trainer and not args.tag:
+        raise SystemExit("--trainer overrides need a --tag, so the demo recipe's results are not overwritten")
+    name = "lds_curve" + (f"_{args.tag}" if args.tag else "")
+    if args.tag:
+        args.out = args.out + f"_{args.tag}"
     if args.quick:
         args.sizes, args.subsets, args.runs, args.holdout = [200, 500], 20, 3, 100
         args.out = args.out + "_quick"
-        name = "lds_curve_quick"
+        name += "_quick"
     out_dir = Path(args.out)
-    result = {"experiment": "LDS vs number of training models, digits, alpha 0.5"}
+    result = {"experiment": "LDS vs number of training models, digits, alpha 0.5",
+              "recipe": "jobs/digits.toml" + (f" with trainer overrides {args.trainer}" if args.trainer else "")}
     for model in args.models.split(","):
         result[model] = curve_for(model, args, out_dir)
     line = json.dumps(result)

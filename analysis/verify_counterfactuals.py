@@ -51,9 +51,13 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-full", action="store_true", help="skip the full-pool base")
     p.add_argument("--quick", action="store_true", help="on runs/lds_curve_quick/mlp, 500 models, 10 targets")
+    p.add_argument("--tag", default="", help="use runs/lds_curve_TAG/mlp; results/verify_counterfactuals_TAG.json")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     name = "verify_counterfactuals"
+    if a.tag:
+        a.run = str(REPO / "runs" / f"lds_curve_{a.tag}" / "mlp")
+        name += f"_{a.tag}"
     if a.quick:
         a.run, a.fit_models, a.targets, a.runs = str(REPO / "runs" / "lds_curve_quick" / "mlp"), 500, 10, 3
         name += "_quick"
@@ -77,7 +81,9 @@ def main(argv=None) -> int:
     sizes = [int(s) for s in a.sizes.split(",")]
     spec = run.spec.replace(trainer={"threads": a.threads})
     out = {"experiment": "retrain-to-verify removal of top positive influencers, digits MLP",
-           "fit": {"path": str(fit), "models": a.fit_models}, "targets": targets.tolist()}
+           "fit": {"path": str(fit), "models": a.fit_models}, "targets": targets.tolist(),
+           "trainer": {k: v for k, v in spec.to_dict()["trainer"].items()
+                       if k not in ("threads", "models_per_batch", "device")}}
     res = verify_removals(attr, spec, run.data_dir, targets, sizes, n_bases=a.bases, runs=a.runs, base="alpha",
                           offset=VERIFY_OFFSET, cache_dir=run.path / "eval", progress=not a.quiet)
     out["alpha_base"] = res

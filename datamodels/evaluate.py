@@ -1,9 +1,21 @@
-"""The linear datamodeling score (LDS) and its protocol.
+"""The linear datamodeling score (LDS) with its protocol, and retrain-to-verify.
 
 LDS (Park et al. 2023; Ilyas et al. 2022): for each target, the Spearman rank
 correlation, across models trained on held-out random subsets, between the
 datamodel's predicted margin ``mask @ W + b`` and the margin actually measured;
-averaged over targets.
+averaged over targets. Two sources of held-out margins:
+
+* the store's held-out models (one run per subset): :func:`lds`;
+* a ground truth trained for evaluation (:func:`train_ground_truth`): fresh
+  alpha-subsets, each trained several times with different seeds and averaged,
+  so the score measures the datamodel against the expected margin rather than
+  against one noisy run. :func:`lds_ground_truth` reports the LDS against the
+  average, against a single run, and the noise ceiling (one run against the
+  mean of the others), with the protocol (alpha, subsets, runs, targets).
+
+Retrain-to-verify (:func:`verify_removals`): remove each target's top positive
+influencers from base subsets, retrain with paired seeds, and correlate the
+actual margin change with the predicted one.
 """
 
 from __future__ import annotations
