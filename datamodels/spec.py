@@ -90,8 +90,14 @@ class Trainer:
     # on digits (MLP, 10 epochs): run-to-run Spearman of margins on the same
     # subset 0.46 per_model, 0.82 shared.
     init: str = "per_model"
+    # Matmul precision of the batched trainer's linear and MLP models: "fp32", or
+    # "bf16": bfloat16 matmul inputs (fp32 accumulation) with float32 master
+    # weights, momentum buffers, softmax and target margins. See batched.py.
+    precision: str = "fp32"
 
     def validate(self) -> None:
+        _check(self.precision in ("fp32", "bf16"), "trainer.precision", self.precision,
+               "must be one of ('fp32', 'bf16')")
         _check(self.init in INITS, "trainer.init", self.init, f"must be one of {INITS}")
         _check(self.kind in TRAINERS, "trainer.kind", self.kind, f"must be one of {TRAINERS}")
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "must be at least 1")

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import DatamodelsError
 from ..masks import model_rng
 from .margins import outputs_from_logits
 from .models import stacked_model
@@ -79,6 +80,10 @@ def epoch_order(rngs, subsets: list[np.ndarray], batch_size: int) -> tuple[np.nd
     return idx, valid
 
 
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FUSED_ALIGN = 64  # elements: a multiple of any AVX-512 fp32 loop's unrolled width
+
+
 def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pbar=None) -> dict[str, np.ndarray]:
     """Train models ``indices`` (masks: bool[B, n]) at once; their outputs on all targets."""
     tr = spec.trainer
@@ -87,29 +92,32 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
     model = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
     rngs = [model_rng(spec.experiment.seed, int(i), INIT_STREAM) for i in indices]
     params = init_params(model, init_sources(spec, rngs), device)
-    if not hasattr(model, "grads"):
+    by_hand = hasattr(model, "grads")
+    if not by_hand:
+        if tr.precision != "fp32":
+            raise DatamodelsError(f"trainer.precision = {tr.precision!r} is available for the linear and mlp "
+                                  f"models only, not model.name = {spec.model.name!r}.")
         params = [p.requires_grad_() for p in params]
     bufs = [torch.zeros_like(p) for p in params]
     subsets = [np.flatnonzero(m) for m in masks]
     sizes = np.array([len(s) for s in subsets])
     n_batches = np.ceil(sizes / bs).astype(np.int64)  # per model per epoch
     ragged = bool((sizes != sizes[0]).any())
-    total_steps = int(n_batches.max()) * tr.epochs  # steps of the longest model
+    S = int(n_batches.max())
+    total_steps = S * tr.epochs  # steps of the longest model
     own_total = n_batches * tr.epochs  # each model's schedule runs over its own steps
+    if by_hand:
+        with torch.no_grad():
+            return _train_by_hand(model, params, bufs, data, rngs, subsets, sizes, n_batches, own_total, tr,
+                                  outputs, pbar, total_steps)
     x_pool, y_pool = data.x, data.y
-    by_hand = hasattr(model, "grads")
-    if by_hand:  # class probabilities per pool example, label smoothing included
-        eps = tr.label_smoothing
-        q_pool = F.one_hot(y_pool, data.n_classes).float() * (1 - eps) + eps / data.n_classes
-    # equal subsets, plain momentum: gradients go straight into the momentum buffers
-    fused = by_hand and not ragged and not tr.nesterov
     step = 0
     for epoch in range(tr.epochs):
         idx_np, valid_np = epoch_order(rngs, subsets, bs)
         idx = torch.from_numpy(idx_np).to(device)
         if ragged:
             valid = torch.from_numpy(valid_np).to(device=device, dtype=torch.float32)
-        for s in range(int(n_batches.max())):
+        for s in range(S):
             # equal sizes: every model's partial last batch has the same length, so slice it
             sl = slice(s * bs, (s + 1) * bs if ragged else min((s + 1) * bs, int(sizes[0])))
             ib = idx[:, sl]
@@ -118,22 +126,10 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
                 scale = w / w.sum(1, keepdim=True).clamp(min=1)
             else:
                 scale = 1.0 / ib.shape[1]  # a Python float: no tensor op per step
-            if fused:
-                with torch.no_grad():
-                    _fused_sgd_step(model, params, bufs, x_pool[ib], q_pool[ib], scale, tr,
-                                    lr_at(tr, step, int(own_total[0])))
-                step += 1
-                if pbar is not None:
-                    pbar.update(B / (total_steps or 1))
-                continue
-            if by_hand:
-                with torch.no_grad():
-                    grads = model.grads(params, x_pool[ib], q_pool[ib], scale)
-            else:
-                logits = model.forward(params, x_pool[ib])  # [B, b, C]
-                ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pool[ib].reshape(-1),
-                                     reduction="none", label_smoothing=tr.label_smoothing).view(B, -1)
-                grads = torch.autograd.grad((ce * scale).sum(), params)
+            logits = model.forward(params, x_pool[ib])  # [B, b, C]
+            ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pool[ib].reshape(-1),
+                                 reduction="none", label_smoothing=tr.label_smoothing).view(B, -1)
+            grads = torch.autograd.grad((ce * scale).sum(), params)
             with torch.no_grad():
                 if ragged:
                     _masked_sgd_step(params, grads, bufs, tr, own_total, n_batches, epoch, s)
@@ -146,13 +142,94 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
         return evaluate(model, [p.detach() for p in params], data.target_x, data.target_y, outputs)
 
 
-def _fused_sgd_step(model, params, bufs, x, target, scale, tr, lr: float) -> None:
-    # buf = momentum * buf + grad + weight_decay * p; p -= lr * buf: torch.optim.SGD's
-    # update, with weight decay added after the gradient (float32 rounding differs, ~1e-7)
-    model.grads(params, x, target, scale, out=bufs, beta=tr.momentum)
-    if tr.weight_decay:
-        torch._foreach_add_(bufs, params, alpha=tr.weight_decay)
-    torch._foreach_add_(params, bufs, alpha=-lr)
+def _flat(like: list[Tensor], dtype) -> tuple[Tensor, list[Tensor]]:
+    """One zeroed flat buffer and views into it shaped like ``like``; each section padded to FUSED_ALIGN."""
+    sizes = [p.numel() for p in like]
+    ends = np.cumsum([-(-n // FUSED_ALIGN) * FUSED_ALIGN for n in sizes])
+    flat = torch.zeros(int(ends[-1]), dtype=dtype, device=like[0].device)
+    return flat, [flat[e - (-(-n // FUSED_ALIGN) * FUSED_ALIGN):][:n].view(p.shape) for p, n, e in zip(like, sizes, ends)]
+
+
+def _rows(pool: Tensor, idx: Tensor) -> Tensor:
+    # index_select moves rows as int16 ~4x faster than as float32 (measured,
+    # torch 2.13 CPU: float32 takes a slow per-element path); same bytes
+    return pool.view(torch.int16).index_select(0, idx).view(pool.dtype)
+
+
+def _train_by_hand(model, params, bufs, data, rngs, subsets, sizes, n_batches, own_total, tr, outputs, pbar,
+                   total_steps) -> dict[str, np.ndarray]:
+    """The linear / MLP loop: hand-written gradients, one fused SGD kernel per step.
+
+    All parameters live in one flat float32 buffer (gradients, momentum and the
+    bf16 copies likewise), so a step's optimizer work is one or three ops
+    whatever the depth. Per epoch, one gather lays every model's minibatches out
+    step-major ([S, B, bs, d], a contiguous [B, bs, d] block per step), so a
+    step indexes nothing. Per step: the gradients (compute dtype) of
+    :meth:`StackedMLP.grads`; in bf16 one cast of them to float32; then
+    ``torch._fused_sgd_`` (weight decay, momentum and the weight update in one
+    pass: torch.optim.SGD(fused=True)'s kernel); in bf16 one cast of the master
+    weights to their bf16 copies.
+
+    ``torch._fused_sgd_`` runs its vectorised loop with FMAs and its scalar tail
+    without, so an element's rounding would depend on where the buffer ends,
+    i.e. on which models share the chunk. Every section is padded to a multiple
+    of FUSED_ALIGN elements (the padding stays 0), so on one thread every
+    element takes the vector path; with more threads the split points move with
+    the chunk size, so there the foreach update (same arithmetic everywhere) runs.
+    """
+    B, bs = len(rngs), tr.batch_size
+    S = int(n_batches.max())
+    ragged = bool((sizes != sizes[0]).any())
+    cdt = COMPUTE_DTYPES[tr.precision]
+    x_pool = data.x.reshape(data.x.shape[0], -1)
+    xc_pool = x_pool.to(cdt).contiguous()
+    eps = tr.label_smoothing  # class probabilities per pool example, label smoothing included
+    q_pool = F.one_hot(data.y, data.n_classes).float() * (1 - eps) + eps / data.n_classes
+    flat_p, views = _flat(params, torch.float32)
+    torch._foreach_copy_(views, params)
+    params = views
+    flat_m, bufs = _flat(params, torch.float32)
+    flat_g, g32 = _flat(params, torch.float32)
+    if cdt == torch.float32:
+        flat_c, cparams, flat_gc, gbufs = flat_p, params, flat_g, g32
+    else:
+        flat_c, cparams = _flat(params, cdt)
+        flat_c.copy_(flat_p)
+        flat_gc, gbufs = _flat(params, cdt)
+    fused = torch.get_num_threads() == 1 and tr.momentum > 0
+    step = 0
+    for epoch in range(tr.epochs):
+        idx_np, valid_np = epoch_order(rngs, subsets, bs)
+        flat_idx = torch.from_numpy(idx_np.reshape(B, S, bs).transpose(1, 0, 2).reshape(-1)).to(x_pool.device)
+        x_ep = _rows(xc_pool, flat_idx).view(S, B, bs, -1)  # [S, B, bs, d]
+        q_ep = _rows(q_pool, flat_idx).view(S, B, bs, -1).transpose(2, 3)  # [S, B, C, bs]
+        if ragged:  # each model's mean over its own valid examples
+            w = torch.from_numpy(np.ascontiguousarray(valid_np.reshape(B, S, bs).transpose(1, 0, 2)))
+            w = w.to(device=x_pool.device, dtype=torch.float32)
+            scale_ep = (w / w.sum(2, keepdim=True).clamp(min=1)).unsqueeze(2)  # [S, B, 1, bs]
+        for s in range(S):
+            if ragged:
+                model.grads(cparams, x_ep[s], q_ep[s], scale_ep[s], out=gbufs)
+            else:
+                # equal sizes: every model's partial last batch has the same length, so slice it
+                cur = min(bs, int(sizes[0]) - s * bs)
+                model.grads(cparams, x_ep[s, :, :cur], q_ep[s, :, :, :cur], 1.0 / cur, out=gbufs)
+            if flat_gc is not flat_g:
+                flat_g.copy_(flat_gc)
+            if ragged:
+                _masked_sgd_step(params, g32, bufs, tr, own_total, n_batches, epoch, s)
+            elif fused:
+                torch._fused_sgd_([flat_p], [flat_g], [flat_m], weight_decay=tr.weight_decay, momentum=tr.momentum,
+                                  lr=lr_at(tr, step, int(own_total[0])), dampening=0.0, nesterov=tr.nesterov,
+                                  maximize=False, is_first_step=False)
+            else:
+                _sgd_step([flat_p], [flat_g], [flat_m], tr, lr_at(tr, step, int(own_total[0])))
+            if flat_c is not flat_p:
+                flat_c.copy_(flat_p)
+            step += 1
+            if pbar is not None:
+                pbar.update(B / (total_steps or 1))
+    return evaluate(model, params, data.target_x, data.target_y, outputs)
 
 
 def _sgd_step(params, grads, bufs, tr, lr: float) -> None:
