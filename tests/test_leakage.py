@@ -2,7 +2,7 @@
 
 A real (small) pipeline: a digits pool with planted copies, 800 linear models
 trained on random halves and written through the store, train-set datamodels
-fitted with each training example excluded from its own fit, then the query.
+fitted by fit_store with each training example excluded from its own fit, then the query.
 (Digits holds natural near-duplicates too, so unplanted targets may also have a
 close neighbour; the claim tested is that every planted copy ranks first.)
 """
@@ -29,8 +29,7 @@ def planted(tmp_path_factory):
     from datamodels.data.beton import write_array_beton
     from datamodels.data.digits import digits_arrays
     from datamodels.experiment import init_run
-    from datamodels.regress import Datamodels
-    from datamodels.regress.fit_store import exclude_self_for
+    from datamodels.regress import fit_store
     from datamodels.run.worker import run_block
 
     tmp = tmp_path_factory.mktemp("leak")
@@ -58,11 +57,7 @@ def planted(tmp_path_factory):
                       fit={"holdout": 0, "n_lambdas": 10})
     run = init_run(spec, run_dir)
     assert run_block(run, np.arange(800)) == 800
-    # the estimator on rows read once: fit_store rereads the store for every excluded
-    # example, which costs minutes here for the same numbers
-    store = run.store(mode="r")
-    masks, margins = store.read(np.arange(800))
-    Datamodels(n_lambdas=10, exclude_self=exclude_self_for(store)).fit(masks, margins).save(run.fit_path)
+    fit_store(run.store(mode="r"), run.spec.fit, run.fit_path, progress=False)
     return run, where_test, pool_copies
 
 
