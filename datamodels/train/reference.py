@@ -35,7 +35,11 @@ def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) ->
         order = torch.from_numpy(idx[0, :len(subset)]).to(data.x.device)
         for s in range(n_batches):
             ib = order[s * bs:(s + 1) * bs]
-            loss = F.cross_entropy(net(data.x[ib]), data.y[ib], label_smoothing=tr.label_smoothing)
+            # bf16: the batched trainer's casts (bf16 matmul inputs and outputs, float32
+            # master weights, softmax / loss and optimizer); fp32: no autocast at all
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr.precision == "bf16"):
+                logits = net(data.x[ib])
+            loss = F.cross_entropy(logits.float(), data.y[ib], label_smoothing=tr.label_smoothing)
             for group in opt.param_groups:
                 group["lr"] = lr_at(tr, step, n_batches * tr.epochs)
             opt.zero_grad(set_to_none=True)
