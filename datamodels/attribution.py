@@ -499,17 +499,6 @@ def parse_index_list(text: str, name: str) -> np.ndarray:
         if arr.dtype == bool:
             return np.flatnonzero(arr)
         return arr.astype(np.int64).reshape(-1)
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if ":" in part:
-                lo, hi = part.split(":")
-                out.extend(range(int(lo), int(hi)))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise DatamodelsError(f"{name} part {part!r} is neither an index nor a lo:hi range.") from None
-    return np.asarray(out, dtype=np.int64)
+    from .run.blocks import parse_indices
+
+    return parse_indices(text, name)

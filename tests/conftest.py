@@ -60,7 +60,7 @@ def write_spec(path: Path, **sections) -> Path:
 SMALL = dict(
     experiment={"n_models": 60, "block_size": 20, "name": "small"},
     model={"name": "linear"},
-    trainer={"epochs": 4, "batch_size": 64, "lr": 0.05, "models_per_batch": 20},
+    trainer={"epochs": 4, "batch_size": 64, "lr": 0.05, "lr_schedule": "constant", "models_per_batch": 20},
     fit={"holdout": 10, "n_lambdas": 10},
 )
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import DatamodelsError
+
 
 def split_blocks(indices, block_size: int) -> list[np.ndarray]:
     """Consecutive chunks of at most block_size indices (ascending order kept)."""
@@ -26,3 +28,21 @@ def format_indices(indices) -> str:
         start = prev = i
     parts.append(f"{start}:{prev + 1}" if prev > start else str(start))
     return ",".join(parts)
+
+
+def parse_indices(text: str, name: str = "indices") -> np.ndarray:
+    """'0:250' or '3,7,9' or a mix: '0:10,20:30,42' -> int64[s]; `name` is the field in errors."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if ":" in part:
+                lo, hi = part.split(":")
+                out.extend(range(int(lo), int(hi)))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise DatamodelsError(f"{name} part {part!r} is neither an index nor a lo:hi range.") from None
+    return np.asarray(out, dtype=np.int64)

@@ -144,7 +144,7 @@ def _blocks_of(store, record: dict, cache: dict) -> list[str]:
 
 def _task_indices(store, tasks: list[dict]) -> dict[str, list[tuple[dict, np.ndarray]]]:
     """Tasks of this store's recorded jobs (matched by job id and name), with their model indices."""
-    from .worker import parse_indices
+    from .blocks import parse_indices
 
     records = {str(r["job_id"]): r for r in store.jobs}
     cache: dict = {}

@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import DatamodelsError
 from ..experiment import Run, open_run
 from ..masks import sample_masks
+from .blocks import parse_indices
 
 
 def limit_threads(n: int) -> None:
@@ -74,24 +75,6 @@ def run_block(run: Run, indices, progress: bool = False) -> int:
     return written
 
 
-def parse_indices(text: str) -> np.ndarray:
-    """'0:250' or '3,7,9' or a mix: '0:10,20:30,42'."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            if ":" in part:
-                lo, hi = part.split(":")
-                out.extend(range(int(lo), int(hi)))
-            else:
-                out.append(int(part))
-        except ValueError:
-            raise DatamodelsError(f"--indices part {part!r} is neither an index nor a lo:hi range.") from None
-    return np.asarray(out, dtype=np.int64)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m datamodels.run.worker", description=__doc__)
     p.add_argument("run", help="run directory")
@@ -117,9 +100,9 @@ def main(argv=None) -> int:
                 raise DatamodelsError(f"--blocks file {args.blocks!r} is not a readable block list ({e}).") from None
             if not 0 <= task < len(blocks):
                 raise DatamodelsError(f"block = {task} is outside the {len(blocks)} blocks of {args.blocks!r}.")
-            indices = parse_indices(blocks[task])
+            indices = parse_indices(blocks[task], "block")
         elif args.indices:
-            indices = parse_indices(args.indices)
+            indices = parse_indices(args.indices, "--indices")
         else:
             raise DatamodelsError("give --indices or --blocks.")
         n = run_block(run, indices)
