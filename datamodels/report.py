@@ -55,13 +55,13 @@ def top_influencers(run: Run, target: int, top: int = 10, dm=None) -> dict:
 
 def _target_images(run: Run):
     """(target images float[k, ...], target labels int[k], train images, train labels) in margins order."""
-    from .data import load_split
+    from .data import load_display_split
 
     store = run.store(mode="r")
-    splits = {s: load_split(run.data_dir, s) for s in ("train", "test")}
-    xs = [splits[t.name][0].numpy() for t in store.targets]
-    ys = [splits[t.name][1].numpy() for t in store.targets]
-    return np.concatenate(xs), np.concatenate(ys), splits["train"][0].numpy(), splits["train"][1].numpy()
+    splits = {s: load_display_split(store.spec.data, run.data_dir, s) for s in ("train", "test")}
+    xs = [splits[t.name][0] for t in store.targets]
+    ys = [splits[t.name][1] for t in store.targets]
+    return np.concatenate(xs), np.concatenate(ys), splits["train"][0], splits["train"][1]
 
 
 def _show(ax, img: np.ndarray) -> None:

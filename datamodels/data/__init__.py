@@ -37,3 +37,17 @@ def build_dataset(data_spec, data_dir: str | Path) -> dict[str, Path]:
 def load_split(data_dir: str | Path, split: str, device: str | torch.device = "cpu"):
     """(images, labels) of one split, read from its .beton."""
     return read_array_beton(beton_paths(data_dir)[split], device)
+
+
+def load_display_split(data_spec, data_dir: str | Path, split: str):
+    """(images, labels) of one split as numpy arrays fit to look at.
+
+    Digits are stored centred per pixel, which hides the digit; plots show the
+    raw 0..1 images instead. Other datasets are stored as they look (uint8).
+    """
+    if data_spec.dataset == "digits":
+        from .digits import digits_raw
+
+        return digits_raw(data_spec.n_train, data_spec.split_seed)[split]
+    x, y = load_split(data_dir, split)
+    return x.numpy(), y.numpy()

@@ -5,12 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 
-def digits_arrays(n_train: int, split_seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images float32[n_train, 1, 8, 8], labels), "test": (...rest...)}.
-
-    Pixel values are scaled from 0..16 to 0..1 and centred per pixel with the
-    training pool's mean, so every model sees the same inputs.
-    """
+def digits_raw(n_train: int, split_seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (images float32[n_train, 1, 8, 8] in 0..1, labels), "test": (...rest...)}."""
     from sklearn.datasets import load_digits
 
     from ..errors import DatamodelsError
@@ -22,7 +18,17 @@ def digits_arrays(n_train: int, split_seed: int) -> dict[str, tuple[np.ndarray, 
         raise DatamodelsError(f"data.n_train = {n_train} must lie between 2 and {len(labels) - 1} for digits.")
     order = np.random.default_rng(split_seed).permutation(len(labels))
     tr, te = order[:n_train], order[n_train:]
-    mean = images[tr].mean(axis=0, keepdims=True)
-    std = images[tr].std() + 1e-6
-    images = (images - mean) / std
     return {"train": (images[tr], labels[tr]), "test": (images[te], labels[te])}
+
+
+def digits_arrays(n_train: int, split_seed: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The splits of :func:`digits_raw` as the models see them.
+
+    Pixels are centred per pixel with the training pool's mean and scaled by
+    its overall std, so every model sees the same inputs.
+    """
+    raw = digits_raw(n_train, split_seed)
+    x_train = raw["train"][0]
+    mean = x_train.mean(axis=0, keepdims=True)
+    std = x_train.std() + 1e-6
+    return {s: ((x - mean) / std, y) for s, (x, y) in raw.items()}
