@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -54,6 +56,22 @@ def write_spec(path: Path, **sections) -> Path:
         lines.append("")
     path.write_text("\n".join(lines))
     return path
+
+
+def cli(*args):
+    """Run `datamodels ARGS...` as a user would: (exit code, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True)
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_one_sentence(rc, err, *words):
+    """A user mistake: exit 2, one line `error: ...` naming `words`, no traceback."""
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for w in words:
+        assert w in lines[0], (w, err)
 
 
 # A small, quick experiment on real digits: linear models, few epochs.

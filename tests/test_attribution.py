@@ -11,6 +11,8 @@ from datamodels.attribution import Attribution, parse_index_list
 from datamodels.errors import DatamodelsError
 from datamodels.store import TargetSet
 
+from conftest import assert_one_sentence, cli
+
 # 5 training examples, 4 targets. Powers of two keep every sum exact.
 W = np.array([
     [2.0, -1.0, 0.0, 0.0],
@@ -248,23 +250,6 @@ def test_shapes_are_checked():
 
 
 # ---------------------------------------------------------------------- the command line
-def cli(*args):
-    import subprocess
-    import sys
-
-    p = subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
-
-
-def assert_one_sentence(rc, err, *words):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, err)
-
-
 @pytest.fixture(scope="module")
 def fitted_run(tmp_path_factory):
     """The small digits run with hand-made weights saved in the fit format (no training needed)."""

@@ -1,29 +1,12 @@
 """Bad input at the CLI: one clear sentence on stderr, exit code 2, no traceback, nothing lost."""
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from datamodels.experiment import init_run, open_run
 from datamodels.store import Store
 
-from conftest import SMALL, write_spec
-
-
-def cli(*args):
-    p = subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True)
-    return p.returncode, p.stdout, p.stderr
-
-
-def assert_one_sentence(rc, err, *words):
-    assert rc == 2, err
-    assert "Traceback" not in err
-    lines = [l for l in err.strip().splitlines() if l]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0], (w, err)
+from conftest import SMALL, assert_one_sentence, cli, write_spec
 
 
 @pytest.fixture
