@@ -163,9 +163,11 @@ class Datamodels:
         n_tr = m - n_val
         y0 = _first_mean(rows, n_tr, k)
         tr, va = Moments.zeros(n, k, y0), Moments.zeros(n, k, y0)
+        xp = self._xp()
+        dtype = getattr(xp, self.dtype)
         for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
             for mb, yb in rows(lo, hi):
-                accumulate(acc, mb, yb, xp=self._xp(), dtype=getattr(self._xp(), self.dtype))
+                accumulate(acc, mb, yb, xp=xp, dtype=dtype)
         out = prior if prior is not None else _empty(n, k, self.n_lambdas)
         bt = int(self.block_targets)
         starts = list(range(0, k, bt))
