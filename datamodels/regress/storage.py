@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from ..errors import DatamodelsError
+from .estimator import SETTINGS
 
 FORMAT = "datamodels-fit"
 FORMAT_VERSION = 1
@@ -106,8 +107,7 @@ def read_fit(path, cls):
     if not g.attrs.get("complete") or not blocks_done(g).all():
         raise DatamodelsError(f"fit path = {str(path)!r} holds an unfinished fit; run the fit again to resume it.")
     settings = dict(g.attrs["settings"])
-    est = cls(**{s: settings[s] for s in ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype")
-                 if s in settings})
+    est = cls(**{s: settings[s] for s in SETTINGS if s in settings})
     est._set(read_arrays(g))
     est.fit_settings_ = settings
     return est
