@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .moments import _np
-from .solver import _device, _sum64, plan_blocks, soft_threshold
+from .moments import _device, _np
+from .solver import _sum64, plan_blocks, soft_threshold
 
 
 class RowsFit(NamedTuple):

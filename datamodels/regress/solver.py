@@ -61,7 +61,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..kernels import is_cupy, prox_block, prox_block_numpy
-from .moments import _np
+from .moments import _device, _np
 
 
 class PathResult(NamedTuple):
@@ -185,11 +185,6 @@ def _take(xp, A, idx, axis):
     return xp.take(A, xp.asarray(idx, device=_device(A)), axis=axis)
 
 
-def _device(a):
-    from array_api_compat import device
-    return device(a)
-
-
 def _set_cols(A, idx, V) -> None:
     # integer-array assignment is outside the array API standard but NumPy,
     # CuPy and torch all support it, and it avoids a full copy per epoch
@@ -225,14 +220,12 @@ def solve_at(xp, G, blocks, W, R, C, yy, lam, *, tol: float, max_iter: int):
             break
         if done.any():
             keep = np.flatnonzero(~done)
+            # while the working set is W itself, W already holds the finished columns
             if Wa is not W:
                 fin = xp.asarray(act[done], device=_device(W))
                 sel = np.flatnonzero(done)
                 _set_cols(W, fin, _take(xp, Wa, sel, 1))
                 _set_cols(R, fin, _take(xp, Ra, sel, 1))
-            else:
-                # W itself holds the finished columns; the working set becomes a copy
-                pass
             Wa, Ra = _take(xp, Wa, keep, 1), _take(xp, Ra, keep, 1)
             Ca, yya, la = _take(xp, Ca, keep, 1), _take(xp, yya, keep, 0), _take(xp, la, keep, 0)
             lam_w = xp.astype(la, W.dtype)
@@ -262,8 +255,8 @@ def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=
     Cw = C
     ids = np.arange(k)  # targets in the working arrays, by column
     if val is not None:
-        Gv, Cv_all, yyv_all = val
-        Cv, yyv = Cv_all, xp.astype(yyv_all, xp.float64)
+        Gv, Cv, yyv = val
+        yyv = xp.astype(yyv, xp.float64)
     val_mse = np.full((L, k), np.nan)
     objective = np.full((L, k), np.nan)
     gaps = np.full((L, k), np.nan)
