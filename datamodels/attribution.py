@@ -135,6 +135,13 @@ class Attribution:
     def _set(self, name: str) -> TargetSet | None:
         return next((t for t in self.target_sets if t.name == name), None)
 
+    def _require_set(self, name: str) -> TargetSet:
+        t = self._set(name)
+        if t is None:
+            raise DatamodelsError(f"target set = {name!r} is not in this fit (sets: "
+                                  f"{', '.join(s.name for s in self.target_sets)}).")
+        return t
+
     @property
     def has_train_datamodels(self) -> bool:
         return self._set("train") is not None
@@ -147,10 +154,7 @@ class Attribution:
 
     def column(self, set_name: str, index: int) -> int:
         """The target column of example `index` of target set `set_name`."""
-        t = self._set(set_name)
-        if t is None:
-            raise DatamodelsError(f"target set = {set_name!r} is not in this fit (sets: "
-                                  f"{', '.join(s.name for s in self.target_sets)}).")
+        t = self._require_set(set_name)
         if not 0 <= int(index) < t.stop - t.start:
             raise DatamodelsError(f"index = {index} does not exist in target set {set_name!r} "
                                   f"(0..{t.stop - t.start - 1}).")
@@ -203,10 +207,7 @@ class Attribution:
             return np.arange(self.n_targets)
         cols = []
         for s in sets:
-            t = self._set(s)
-            if t is None:
-                raise DatamodelsError(f"target set = {s!r} is not in this fit (sets: "
-                                      f"{', '.join(x.name for x in self.target_sets)}).")
+            t = self._require_set(s)
             cols.append(np.arange(t.start, t.stop))
         return np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
 
