@@ -189,8 +189,9 @@ class Attribution:
         if mask.shape != (self.n_train,):
             raise DatamodelsError(f"mask of shape {list(mask.shape)} must be [{self.n_train}] (one flag per training example).")
         if mask.dtype != bool:
-            if not np.isin(mask, (0, 1)).all():
-                raise DatamodelsError("mask must hold only 0 and 1 (or booleans).")
+            bad = mask[~np.isin(mask, (0, 1))]
+            if bad.size:
+                raise DatamodelsError(f"mask value = {bad[0].item()!r} must be 0 or 1 (or a boolean).")
             mask = mask.astype(bool)
         return mask
 
