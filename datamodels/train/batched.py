@@ -32,6 +32,9 @@ from .models import stacked_model
 
 INIT_STREAM = 1  # model_rng stream for init + data order (stream 0 draws the mask)
 SHARED_INIT_STREAM = 2  # trainer.init = "shared": one init for every model, from (seed, 0, 2)
+EVAL_ROWS = 1 << 14  # models x targets per eval forward pass: small enough that activations stay in cache
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+FUSED_ALIGN = 64  # elements: a multiple of any AVX-512 fp32 loop's unrolled width
 
 
 def init_sources(spec, rngs: list) -> list:
@@ -39,7 +42,6 @@ def init_sources(spec, rngs: list) -> list:
     if spec.trainer.init == "shared":
         return [model_rng(spec.experiment.seed, 0, SHARED_INIT_STREAM) for _ in rngs]
     return rngs
-EVAL_ROWS = 1 << 14  # models x targets per eval forward pass: small enough that activations stay in cache
 
 
 def lr_at(trainer, step: int, total: int) -> float:
@@ -78,10 +80,6 @@ def epoch_order(rngs, subsets: list[np.ndarray], batch_size: int) -> tuple[np.nd
             idx[r, full:len(sub)] = order[full:]
             valid[r, full:len(sub)] = True
     return idx, valid
-
-
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-FUSED_ALIGN = 64  # elements: a multiple of any AVX-512 fp32 loop's unrolled width
 
 
 def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pbar=None) -> dict[str, np.ndarray]:
