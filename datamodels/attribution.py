@@ -274,19 +274,20 @@ class Attribution:
         """Predicted margin float64[len(targets)] at a base: "full", "alpha" or a mask bool[n]."""
         cols = self._targets(targets)
         if isinstance(base, str):
-            if base not in BASES:
-                raise DatamodelsError(f"base = {base!r} must be one of {BASES} or a mask.")
-            scale = 1.0 if base == "full" else float(self.alpha)
-            return self.intercept[cols] + scale * self.coef[:, cols].sum(axis=0)
+            return self.intercept[cols] + self._base_scale(base) * self.coef[:, cols].sum(axis=0)
         return self.intercept[cols] + self._mask(base).astype(np.float64) @ self.coef[:, cols]
 
     def _removal_weights(self, base) -> np.ndarray:
         """Per training example, the factor its weight enters a removal with at this base: float64[n]."""
         if isinstance(base, str):
-            if base not in BASES:
-                raise DatamodelsError(f"base = {base!r} must be one of {BASES} or a mask.")
-            return np.full(self.n_train, 1.0 if base == "full" else float(self.alpha))
+            return np.full(self.n_train, self._base_scale(base))
         return self._mask(base).astype(np.float64)
+
+    def _base_scale(self, base: str) -> float:
+        """The factor every training example's weight enters with at a named base."""
+        if base not in BASES:
+            raise DatamodelsError(f"base = {base!r} must be one of {BASES} or a mask.")
+        return 1.0 if base == "full" else float(self.alpha)
 
     def removal_effect(self, remove, targets=None, base="full") -> np.ndarray:
         """Predicted margin change float64[len(targets)] when the training examples `remove` are taken out.
