@@ -292,7 +292,7 @@ class Datamodels:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "coef_"):
-            raise DatamodelsError("this Datamodels is not fitted yet = True; call fit() or load() first.")
+            raise DatamodelsError("this Datamodels is not fitted yet; call fit() or load() first.")
 
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
