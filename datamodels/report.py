@@ -28,13 +28,20 @@ def heldout_rows(run: Run) -> np.ndarray:
     return np.flatnonzero(done[start:]) + start
 
 
-def heldout_lds(run: Run, dm=None) -> LDSResult:
+def heldout_predictions(run: Run, dm=None) -> tuple[np.ndarray, np.ndarray, LDSResult]:
+    """(predicted float32[h, k], actual float32[h, k], their LDS) on the h held-out models."""
     dm = dm if dm is not None else load_fit(run)
     store = run.store(mode="r")
     rows = heldout_rows(run)
-    masks, margins = store.read(rows)
-    return lds(dm.predict(masks), margins, alpha=store.spec.experiment.alpha, runs_per_subset=1,
-               source=f"models {rows.min() if len(rows) else 0}..{store.n_models - 1} of the store, never fitted")
+    masks, actual = store.read(rows)
+    predicted = dm.predict(masks)
+    res = lds(predicted, actual, alpha=store.spec.experiment.alpha, runs_per_subset=1,
+              source=f"models {rows.min() if len(rows) else 0}..{store.n_models - 1} of the store, never fitted")
+    return predicted, actual, res
+
+
+def heldout_lds(run: Run, dm=None) -> LDSResult:
+    return heldout_predictions(run, dm)[2]
 
 
 def attribution(run: Run, dm=None, labels: bool = False):
@@ -46,11 +53,6 @@ def attribution(run: Run, dm=None, labels: bool = False):
     store = run.store(mode="r")
     return Attribution.from_datamodels(dm, alpha=store.spec.experiment.alpha, target_sets=tuple(store.targets),
                                        source=str(run.fit_path))
-
-
-def top_influencers(run: Run, target: int, top: int = 10, dm=None) -> dict:
-    """The `top` most positive and most negative training examples for one target."""
-    return attribution(run, dm).influencers(target, top)
 
 
 def _target_images(run: Run):
@@ -172,23 +174,19 @@ def plot_scatter(path, predicted: np.ndarray, actual: np.ndarray, res: LDSResult
 def write_report(run: Run) -> dict:
     dm = load_fit(run)
     store = run.store(mode="r")
-    rows = heldout_rows(run)
-    masks, actual = store.read(rows)
-    predicted = dm.predict(masks)
-    res = lds(predicted, actual, alpha=store.spec.experiment.alpha, runs_per_subset=1,
-              source="held-out models of the store, never fitted")
+    predicted, actual, res = heldout_predictions(run, dm)
+    attr = attribution(run, dm)
     out = run.report_dir
     out.mkdir(parents=True, exist_ok=True)
     plot_scatter(out / "lds_scatter.png", predicted, actual, res)
     tx, ty, trx, try_ = _target_images(run)
     # the best-predicted target makes the clearest example
     target = int(np.nanargmax(res.per_target))
-    infl = top_influencers(run, target, 5, dm=dm)
+    infl = attr.influencers(target, 5)
     plot_influencers(out / "influencers.png", tx[target], int(ty[target]), infl, trx, try_)
     # a few targets spread over the LDS range, so the grid is not only the easy cases
     order = np.argsort(np.nan_to_num(res.per_target, nan=-np.inf))[::-1]
     grid = [int(order[int(q * (len(order) - 1))]) for q in (0.0, 0.1, 0.3, 0.5, 0.7, 0.9)]
-    attr = attribution(run, dm)
     plot_influencer_grid(out / "influencers_grid.png",
                          [(tx[t], int(ty[t]), attr.influencers(t, 5)) for t in grid], trx, try_, n=5)
     summary = {
