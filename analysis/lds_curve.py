@@ -32,26 +32,17 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodels.spec import toml_text
+
 REPO = Path(__file__).resolve().parent.parent
 GOALS = {"mlp": {1000: 0.72, 20000: 0.83}, "linear": {20000: 0.90}}
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
 
 
 def write_spec(path: Path, base: Path, **sections) -> Path:
     raw = tomllib.loads(base.read_text())
     for name, fields in sections.items():
         raw.setdefault(name, {}).update(fields)
-    text = "\n".join(f"[{name}]\n" + "\n".join(f"{k} = {_toml_value(v)}" for k, v in fields.items()) + "\n"
-                     for name, fields in raw.items())
+    text = toml_text(raw)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not path.exists() or path.read_text() != text:
         path.write_text(text)

@@ -46,25 +46,6 @@ def _load_npy(path, what: str, ndim: int) -> np.ndarray:
     return a
 
 
-def spec_toml(spec: Spec) -> str:
-    """The spec as TOML text that :func:`datamodels.spec.load_spec` reads back to the same spec."""
-    def value(v) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return json.dumps(v)
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        return repr(v)
-
-    lines = []
-    for section, fields in spec.to_dict().items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {value(v)}" for k, v in fields.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
 def import_release(run_dir, masks, margins, train_margins=None, *, holdout: int = 0, dataset: str = "cifar10",
                    name: str = "imported", force: bool = False, progress: bool = True):
     """Make a run directory from release files; returns the :class:`datamodels.experiment.Run`.
@@ -116,7 +97,7 @@ def import_release(run_dir, masks, margins, train_margins=None, *, holdout: int 
     store.group.attrs["imported_from"] = {"masks": str(Path(masks).resolve()),
                                           **{f"{k}_margins": str(Path(p).resolve()) for k, p in
                                              (("test", margins), ("train", train_margins)) if p is not None}}
-    run.spec_path.write_text(spec_toml(spec))
+    run.spec_path.write_text(spec.to_toml())
     for s in tqdm(range(0, m, BLOCK_ROWS), desc="import", unit="block", disable=not progress):
         e = min(m, s + BLOCK_ROWS)
         Y = np.concatenate([np.asarray(Yi[s:e], dtype=np.float32) for Yi in ys.values()], axis=1)

@@ -186,6 +186,9 @@ class Spec:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return {name: _plain(dataclasses.asdict(getattr(self, name))) for name in SECTIONS}
 
+    def to_toml(self) -> str:
+        return toml_text(self.to_dict())
+
     def hash(self) -> str:
         """Hash of what determines the stored rows (fit settings excluded: refits are free)."""
         d = self.to_dict()
@@ -198,6 +201,25 @@ class Spec:
         new = {name: dataclasses.replace(getattr(self, name), **_coerce_section(name, vals))
                for name, vals in sections.items()}
         return dataclasses.replace(self, **new).validate()
+
+
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
+    """Tables of plain values (bool, int, float, str, lists) as TOML text; tomllib only reads."""
+    def value(v) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string is a valid TOML basic string
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = []
+    for name, fields in sections.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {value(v)}" for k, v in fields.items()]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from datamodels.spec import toml_text
+
 REPO = Path(__file__).resolve().parent.parent
 DIGITS_SPEC = REPO / "jobs" / "digits.toml"
 
@@ -34,27 +36,12 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return f'"{v}"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return repr(v)
-
-
 def write_spec(path: Path, **sections) -> Path:
     """Write the digits spec with some fields changed: write_spec(p, experiment={"n_models": 40})."""
     raw = tomllib.loads(DIGITS_SPEC.read_text())
     for name, fields in sections.items():
         raw.setdefault(name, {}).update(fields)
-    lines = []
-    for name, fields in raw.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {_toml_value(v)}" for k, v in fields.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(toml_text(raw))
     return path
 
 

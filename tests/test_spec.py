@@ -46,3 +46,10 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("[experiment\nalpha = ")
     with pytest.raises(SpecError, match="not valid TOML"):
         load_spec(bad)
+
+
+def test_to_toml_reads_back_to_the_same_spec(tmp_path):
+    spec = load_spec(DIGITS_SPEC).replace(experiment={"name": 'a "quoted" name'}, model={"hidden": [32]})
+    p = tmp_path / "round.toml"
+    p.write_text(spec.to_toml())
+    assert load_spec(p) == spec
