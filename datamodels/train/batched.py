@@ -29,6 +29,7 @@ from ..errors import DatamodelsError
 from ..masks import model_rng
 from .margins import outputs_from_logits
 from .models import stacked_model
+from .sgd import fused_sgd_step, masked_sgd_step, master_step, sgd_step
 
 INIT_STREAM = 1  # model_rng stream for init + data order (stream 0 draws the mask)
 SHARED_INIT_STREAM = 2  # trainer.init = "shared": one init for every model, from (seed, 0, 2)
@@ -96,7 +97,6 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
             raise DatamodelsError(f"trainer.precision = {tr.precision!r} is available for the linear and mlp "
                                   f"models only, not model.name = {spec.model.name!r}.")
         params = [p.requires_grad_() for p in params]
-    bufs = [torch.zeros_like(p) for p in params]
     subsets = [np.flatnonzero(m) for m in masks]
     sizes = np.array([len(s) for s in subsets])
     n_batches = np.ceil(sizes / bs).astype(np.int64)  # per model per epoch
@@ -106,8 +106,9 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
     own_total = n_batches * tr.epochs  # each model's schedule runs over its own steps
     if by_hand:
         with torch.no_grad():
-            return _train_by_hand(model, params, bufs, data, rngs, subsets, sizes, n_batches, own_total, tr,
+            return _train_by_hand(model, params, data, rngs, subsets, sizes, n_batches, own_total, tr,
                                   outputs, pbar, total_steps)
+    bufs = [torch.zeros_like(p) for p in params]
     x_pool, y_pool = data.x, data.y
     step = 0
     for epoch in range(tr.epochs):
@@ -130,9 +131,9 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
             grads = torch.autograd.grad((ce * scale).sum(), params)
             with torch.no_grad():
                 if ragged:
-                    _masked_sgd_step(params, grads, bufs, tr, own_total, n_batches, epoch, s)
+                    _masked_step(params, grads, bufs, tr, own_total, n_batches, epoch, s)
                 else:
-                    _sgd_step(params, grads, bufs, tr, lr_at(tr, step, int(own_total[0])))
+                    sgd_step(params, grads, bufs, tr, lr_at(tr, step, int(own_total[0])))
             step += 1
             if pbar is not None:
                 pbar.update(B / (total_steps or 1))
@@ -140,27 +141,28 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
         return evaluate(model, [p.detach() for p in params], data.target_x, data.target_y, outputs)
 
 
-def _flat(like: list[Tensor], dtype) -> tuple[Tensor, list[Tensor]]:
-    """One zeroed flat buffer and views into it shaped like ``like``; each section padded to FUSED_ALIGN."""
-    sizes = [p.numel() for p in like]
-    ends = np.cumsum([-(-n // FUSED_ALIGN) * FUSED_ALIGN for n in sizes])
-    flat = torch.zeros(int(ends[-1]), dtype=dtype, device=like[0].device)
-    return flat, [flat[e - (-(-n // FUSED_ALIGN) * FUSED_ALIGN):][:n].view(p.shape) for p, n, e in zip(like, sizes, ends)]
+def _flat(B: int, shapes: list[tuple[int, ...]], dtype, device) -> tuple[Tensor, list[Tensor]]:
+    """One zeroed flat buffer and views [B, *shape] into it; each section padded to FUSED_ALIGN elements."""
+    sizes = [B * int(np.prod(sh)) for sh in shapes]
+    padded = [-(-n // FUSED_ALIGN) * FUSED_ALIGN for n in sizes]
+    flat = torch.zeros(int(sum(padded)), dtype=dtype, device=device)
+    starts = np.cumsum([0] + padded[:-1])
+    return flat, [flat[int(a):int(a) + n].view(B, *sh) for a, n, sh in zip(starts, sizes, shapes)]
 
 
-def _train_by_hand(model, params, bufs, data, rngs, subsets, sizes, n_batches, own_total, tr, outputs, pbar,
+def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total, tr, outputs, pbar,
                    total_steps) -> dict[str, np.ndarray]:
     """The linear / MLP loop: hand-written gradients, one fused SGD kernel per step.
 
     All parameters live in one flat float32 buffer (gradients, momentum and the
-    bf16 copies likewise), so a step's optimizer work is one or three ops
-    whatever the depth. Per epoch, one gather lays every model's minibatches out
-    step-major ([S, B, bs, d], a contiguous [B, bs, d] block per step), so a
-    step indexes nothing. Per step: the gradients (compute dtype) of
-    :meth:`StackedMLP.grads`; in bf16 one cast of them to float32; then
-    ``torch._fused_sgd_`` (weight decay, momentum and the weight update in one
-    pass: torch.optim.SGD(fused=True)'s kernel); in bf16 one cast of the master
-    weights to their bf16 copies.
+    bf16 copies likewise), so a step's optimizer work is one op whatever the
+    depth. Per epoch, one gather lays every model's minibatches out step-major
+    ([S, B, bs, d], a contiguous [B, bs, d] block per step), so a step indexes
+    nothing. Per step: the gradients (compute dtype) of
+    :meth:`StackedMLP.grads`, then in fp32 ``torch._fused_sgd_`` (weight decay,
+    momentum and the weight update in one pass: torch.optim.SGD(fused=True)'s
+    kernel), in bf16 :func:`.sgd.master_step` (the same update on float32
+    master weights from the bf16 gradients, writing the bf16 copies, one pass).
 
     ``torch._fused_sgd_`` runs its vectorised loop with FMAs and its scalar tail
     without, so an element's rounding would depend on where the buffer ends,
@@ -173,89 +175,75 @@ def _train_by_hand(model, params, bufs, data, rngs, subsets, sizes, n_batches, o
     S = int(n_batches.max())
     ragged = bool((sizes != sizes[0]).any())
     cdt = COMPUTE_DTYPES[tr.precision]
+    dev = data.x.device
     x_pool = data.x.reshape(data.x.shape[0], -1)
-    xc_pool = x_pool.to(cdt).contiguous()
+    # inputs with a ones column: the first layer's bias is a row of its matmul
+    xc_pool = torch.cat([x_pool, x_pool.new_ones(x_pool.shape[0], 1)], 1).to(cdt)
     eps = tr.label_smoothing  # class probabilities per pool example, label smoothing included
     q_pool = F.one_hot(data.y, data.n_classes).float() * (1 - eps) + eps / data.n_classes
-    flat_p, views = _flat(params, torch.float32)
-    torch._foreach_copy_(views, params)
-    params = views
-    flat_m, bufs = _flat(params, torch.float32)
-    flat_g, g32 = _flat(params, torch.float32)
+    shapes = model.layer_shapes()
+    flat_p, layers = _flat(B, shapes, torch.float32, dev)  # float32 master weights, bias folded in
+    params = model.unfold(layers)
+    torch._foreach_copy_(params, init)
+    flat_m, bufs = _flat(B, shapes, torch.float32, dev)
+    flat_g, g32 = _flat(B, shapes, torch.float32, dev)
     if cdt == torch.float32:
-        flat_c, cparams, flat_gc, gbufs = flat_p, params, flat_g, g32
+        flat_c, clayers, flat_gc, gbufs = flat_p, layers, flat_g, g32
     else:
-        flat_c, cparams = _flat(params, cdt)
+        flat_c, clayers = _flat(B, shapes, cdt, dev)
         flat_c.copy_(flat_p)
-        flat_gc, gbufs = _flat(params, cdt)
+        flat_gc, gbufs = _flat(B, shapes, cdt, dev)
+    hidden = [torch.ones(B, bs, d + 1, dtype=cdt, device=dev) for d in model.hidden]
+    low = cdt != torch.float32
+    lr_t = torch.zeros((), dtype=torch.float32, device=x_pool.device)
     fused = torch.get_num_threads() == 1 and tr.momentum > 0
+    # the epoch's minibatches, gathered into buffers allocated once: a fresh
+    # multi-MB tensor per epoch costs more in page faults than the gather itself
+    x_all = xc_pool.new_empty(S * B * bs, xc_pool.shape[1])
+    q_all = q_pool.new_empty(S * B * bs, q_pool.shape[1])
     step = 0
     for epoch in range(tr.epochs):
         idx_np, valid_np = epoch_order(rngs, subsets, bs)
         flat_idx = torch.from_numpy(idx_np.reshape(B, S, bs).transpose(1, 0, 2).reshape(-1)).to(x_pool.device)
-        x_ep = xc_pool.index_select(0, flat_idx).view(S, B, bs, -1)  # [S, B, bs, d]
-        q_ep = q_pool.index_select(0, flat_idx).view(S, B, bs, -1).transpose(2, 3)  # [S, B, C, bs]
+        x_ep = torch.index_select(xc_pool, 0, flat_idx, out=x_all).view(S, B, bs, -1)  # [S, B, bs, d]
+        q_ep = torch.index_select(q_pool, 0, flat_idx, out=q_all).view(S, B, bs, -1).transpose(2, 3)  # [S, B, C, bs]
         if ragged:  # each model's mean over its own valid examples
             w = torch.from_numpy(np.ascontiguousarray(valid_np.reshape(B, S, bs).transpose(1, 0, 2)))
             w = w.to(device=x_pool.device, dtype=torch.float32)
             scale_ep = (w / w.sum(2, keepdim=True).clamp(min=1)).unsqueeze(2)  # [S, B, 1, bs]
         for s in range(S):
             if ragged:
-                model.grads(cparams, x_ep[s], q_ep[s], scale_ep[s], out=gbufs)
+                model.grads(clayers, x_ep[s], q_ep[s], scale_ep[s], gbufs, hidden)
             else:
                 # equal sizes: every model's partial last batch has the same length, so slice it
                 cur = min(bs, int(sizes[0]) - s * bs)
-                model.grads(cparams, x_ep[s, :, :cur], q_ep[s, :, :, :cur], 1.0 / cur, out=gbufs)
-            if flat_gc is not flat_g:
-                flat_g.copy_(flat_gc)
+                model.grads(clayers, x_ep[s, :, :cur], q_ep[s, :, :, :cur], 1.0 / cur, gbufs, hidden)
             if ragged:
-                _masked_sgd_step(params, g32, bufs, tr, own_total, n_batches, epoch, s)
-            elif fused:
-                torch._fused_sgd_([flat_p], [flat_g], [flat_m], weight_decay=tr.weight_decay, momentum=tr.momentum,
-                                  lr=lr_at(tr, step, int(own_total[0])), dampening=0.0, nesterov=tr.nesterov,
-                                  maximize=False, is_first_step=False)
+                if low:
+                    flat_g.copy_(flat_gc)
+                _masked_step(layers, g32, bufs, tr, own_total, n_batches, epoch, s)
+                if low:
+                    flat_c.copy_(flat_p)
             else:
-                _sgd_step([flat_p], [flat_g], [flat_m], tr, lr_at(tr, step, int(own_total[0])))
-            if flat_c is not flat_p:
-                flat_c.copy_(flat_p)
+                lr = lr_at(tr, step, int(own_total[0]))
+                if low:
+                    master_step(flat_p, flat_m, flat_gc, flat_c, tr, lr_t.fill_(lr))
+                elif fused:
+                    fused_sgd_step(flat_p, flat_g, flat_m, tr, lr)
+                else:
+                    sgd_step([flat_p], [flat_g], [flat_m], tr, lr)
             step += 1
             if pbar is not None:
                 pbar.update(B / (total_steps or 1))
     return evaluate(model, params, data.target_x, data.target_y, outputs)
 
 
-def _sgd_step(params, grads, bufs, tr, lr: float) -> None:
-    # torch.optim.SGD's multi-tensor update (dampening 0, no nesterov), so the
-    # one-model reference with torch.optim.SGD follows the same arithmetic
-    if tr.weight_decay:
-        grads = torch._foreach_add(grads, params, alpha=tr.weight_decay)
-    if tr.momentum:
-        torch._foreach_mul_(bufs, tr.momentum)
-        torch._foreach_add_(bufs, grads)
-        if tr.nesterov:
-            grads = torch._foreach_add(grads, bufs, alpha=tr.momentum)
-        else:
-            grads = bufs
-    torch._foreach_add_(params, grads, alpha=-lr)
-
-
-def _masked_sgd_step(params, grads, bufs, tr, own_total, n_batches, epoch, s) -> None:
-    """SGD for ragged chunks: models past their epoch's last batch do not step at all."""
+def _masked_step(params, grads, bufs, tr, own_total, n_batches, epoch, s) -> None:
+    """A ragged chunk's step: each model at its own step of its own schedule; finished models do not step."""
     active = s < n_batches  # [B] numpy
     own_step = epoch * n_batches + s  # each model's own step counter (valid where active)
-    lrs = np.array([lr_at(tr, int(k), int(t)) if a else 0.0 for k, t, a in zip(own_step, own_total, active)],
-                   dtype=np.float32)
-    act = torch.from_numpy(active.astype(np.float32)).to(params[0].device)
-    neg_lr = torch.from_numpy(-lrs).to(params[0].device)
-    for p, g, b in zip(params, grads, bufs):
-        shape = (-1,) + (1,) * (p.dim() - 1)
-        a = act.view(shape)
-        if tr.weight_decay:
-            g = g + tr.weight_decay * p
-        if tr.momentum:
-            b.copy_(torch.where(a > 0, b * tr.momentum + g, b))
-            g = g + tr.momentum * b if tr.nesterov else b
-        p.add_(g * neg_lr.view(shape))
+    lrs = np.array([lr_at(tr, int(k), int(t)) if a else 0.0 for k, t, a in zip(own_step, own_total, active)])
+    masked_sgd_step(params, grads, bufs, tr, lrs, active)
 
 
 def evaluate(model, params: list[Tensor], x: Tensor, y: Tensor, outputs) -> dict[str, np.ndarray]:

@@ -65,43 +65,67 @@ class StackedMLP:
             h = torch.relu(torch.baddbmm(params[2 * i + 1].unsqueeze(1), h, params[2 * i]))
         return torch.baddbmm(params[-1].unsqueeze(1), h, params[-2].transpose(1, 2))
 
-    def grads(self, cparams: list[Tensor], x: Tensor, target: Tensor, scale, out: list[Tensor]) -> list[Tensor]:
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """One model's layers with the bias folded in: hidden [d_in + 1, d_out] (bias last row), output [C, d_L + 1] (bias last column)."""
+        w = self.widths
+        return [(d_in + 1, d_out) for d_in, d_out in zip(w[:-2], w[1:-1])] + [(w[-1], w[-2] + 1)]
+
+    def unfold(self, layers: list[Tensor]) -> list[Tensor]:
+        """Views [W_0, b_0, ..., W_L, b_L] into bias-folded layers (see :meth:`layer_shapes`)."""
+        out = []
+        for a in layers[:-1]:
+            out += [a[:, :-1], a[:, -1]]
+        return out + [layers[-1][:, :, :-1], layers[-1][:, :, -1]]
+
+    def grads(self, layers: list[Tensor], x: Tensor, target: Tensor, scale, out: list[Tensor],
+              hidden: list[Tensor]) -> list[Tensor]:
         """Gradients of sum_r sum_j scale[r, j] * CE(logits[r, j], target[r, j]), by hand, into ``out``.
 
-        cparams: the parameters in the compute dtype (float32, or bfloat16
-        copies of float32 master weights); x: [B, b, ...] in that dtype;
-        target: float32[B, C, b] class probabilities (one-hot, label-smoothed;
-        any strides); scale: one float for all, or float32[B, 1, b] (1 / batch
-        count, 0 on padding); out: tensors shaped like cparams, same dtype.
+        layers: the bias-folded layers ([B, *shape] for each of :meth:`layer_shapes`)
+        in the compute dtype (float32, or bfloat16 copies of float32 master
+        weights); x: [B, b, d_0 + 1] in that dtype, last column 1; target:
+        float32[B, C, b] class probabilities (one-hot, label-smoothed; any
+        strides); scale: one float for all, or float32[B, 1, b] (1 / batch
+        count, 0 on padding); out: tensors shaped like layers, same dtype;
+        hidden: one [B, >= b, d + 1] buffer per hidden layer whose last
+        column is 1 (activations are written into the rest).
+
+        With a ones column on every activation, a bias is one more row of its
+        layer's matmul, and its gradient comes out of the weight gradient's
+        matmul: no bias broadcast, no reduction (each a pass over the
+        activations; together ~15% of a bf16 step).
         Same maths as autograd on :meth:`forward` (under bf16 autocast when
-        cparams are bf16): every matmul takes compute-dtype inputs, sums in
+        the layers are bf16): every matmul takes compute-dtype inputs, sums in
         float32 and rounds its output to the compute dtype; the softmax and
         dCE/dz are float32. The logits are laid out [B, C, b]: a softmax over a
         short innermost axis of 10 classes is ~20x slower on CPU than over an
-        outer one. Bias gradients are sums over the batch (as autograd does).
+        outer one.
         """
-        cdt = cparams[0].dtype
-        h = [x.reshape(x.shape[0], x.shape[1], -1)]
-        n_layers = len(cparams) // 2
-        for i in range(n_layers - 1):
-            h.append(_relu_(torch.baddbmm(cparams[2 * i + 1].unsqueeze(1), h[-1], cparams[2 * i])))
-        w_out, b_out = cparams[-2], cparams[-1]
-        z = torch.baddbmm(b_out.unsqueeze(2), w_out, h[-1].transpose(1, 2))  # [B, C, b]
+        cdt = layers[0].dtype
+        b = x.shape[1]
+        h = [x]
+        for i, buf in enumerate(hidden):
+            act = buf[:, :b]
+            _relu_(torch.bmm(h[-1], layers[i], out=act[..., :-1]))
+            h.append(act)
+        w_out = layers[-1]
+        z = torch.bmm(w_out, h[-1].transpose(1, 2))  # [B, C, b]
         g = torch.softmax(z, dim=1, dtype=torch.float32).sub_(target)
         g = g.mul_(scale) if isinstance(scale, Tensor) or scale != 1.0 else g  # dCE/dz, float32
         if cdt != torch.float32:
             g = g.to(cdt)
-        torch.bmm(g, h[-1], out=out[-2])
-        torch.sum(g, dim=2, out=out[-1])
-        if n_layers == 1:
+        torch.bmm(g, h[-1], out=out[-1])
+        if not hidden:
             return out
-        d = torch.bmm(g.transpose(1, 2), w_out)  # [B, b, d_L]
-        for i in range(n_layers - 2, -1, -1):
-            d = _relu_backward(d, h[i + 1])
-            torch.bmm(h[i].transpose(1, 2), d, out=out[2 * i])
-            torch.sum(d, dim=1, out=out[2 * i + 1])
+        # back through whole folded layers: the last column of d is the
+        # gradient for the ones column, never read (a matmul's inputs must be
+        # contiguous or transposed, so slicing the bias off a layer costs a copy)
+        d = torch.bmm(g.transpose(1, 2), w_out)  # [B, b, d_L + 1]
+        for i in range(len(hidden) - 1, -1, -1):
+            d = _relu_backward(d[..., :-1], h[i + 1][..., :-1])
+            torch.bmm(h[i].transpose(1, 2), d, out=out[i])
             if i:
-                d = torch.bmm(d, cparams[2 * i].transpose(1, 2))
+                d = torch.bmm(d, layers[i].transpose(1, 2))
         return out
 
     def to_module(self, params: list[Tensor]) -> nn.Module:
@@ -137,66 +161,28 @@ def _relu_backward(d: Tensor, h: Tensor) -> Tensor:
     return torch.ops.aten.threshold_backward(d, h, 0)
 
 
-def _im2col(h: Tensor) -> Tensor:
-    """float32[..., H, W, C] -> [..., H, W, 9*C]: the 3x3 neighbourhoods (zero padded)."""
-    H, W = h.shape[-3:-1]
-    p = F.pad(h, (0, 0, 1, 1, 1, 1))
-    return torch.cat([p[..., dy:dy + H, dx:dx + W, :] for dy in range(3) for dx in range(3)], dim=-1)
-
-
-class _Im2col(torch.autograd.Function):
-    # autograd through cat-of-slices allocates and zero-fills a full padded
-    # tensor per slice (9x); this backward accumulates the 9 shifted
-    # gradients into one buffer
-    @staticmethod
-    def forward(ctx, h):
-        ctx.shape = h.shape
-        return _im2col(h)
-
-    @staticmethod
-    def backward(ctx, g):
-        *lead, H, W, C = ctx.shape
-        dp = g.new_zeros(*lead, H + 2, W + 2, C)
-        for k in range(9):
-            dy, dx = divmod(k, 3)
-            dp[..., dy:dy + H, dx:dx + W, :] += g[..., k * C:(k + 1) * C]
-        return dp[..., 1:H + 1, 1:W + 1, :]
-
-
-def _conv3x3_cl(h: Tensor, w: Tensor, b: Tensor) -> Tensor:
-    """Same-padded 3x3 convolution of B models at once, as one batched GEMM.
-
-    h: float32[B, n, H, W, C] (channels last); w: float32[B, 9*C, C_out] with
-    rows ordered (ky, kx, c); b: [B, C_out] -> float32[B, n, H, W, C_out].
-    im2col + bmm: per model the GEMM has n*H*W rows, which MKL runs near peak,
-    where a grouped convolution with B groups of a few channels does not
-    (measured 3-8x slower on CPU).
-    """
-    B, n, H, W, C = h.shape
-    cols = _Im2col.apply(h) if h.requires_grad else _im2col(h)
-    out = torch.baddbmm(b.unsqueeze(1), cols.reshape(B, n * H * W, 9 * C), w)
-    return out.reshape(B, n, H, W, -1)
-
-
-def _maxpool2_cl(h: Tensor) -> Tensor:
-    # through max_pool2d on a channels-last NCHW view: its forward and backward
-    # are one pass each, where amax over two axes and its backward are ~10 ops
-    B, n, H, W, C = h.shape
-    out = F.max_pool2d(h.reshape(B * n, H, W, C).permute(0, 3, 1, 2), 2)
-    return out.permute(0, 2, 3, 1).reshape(B, n, H // 2, W // 2, C)
+def _grouped(x: Tensor) -> Tensor:
+    """[B, n, C, H, W] (model r's images in row r) -> [n, B * C, H, W] channels-last: B models as conv groups."""
+    B, n, C, H, W = x.shape
+    return x.transpose(0, 1).reshape(n, B * C, H, W).contiguous(memory_format=torch.channels_last)
 
 
 @dataclass(frozen=True)
 class StackedCNN:
-    """conv3x3(w)-ReLU-maxpool2 - conv3x3(2w)-ReLU-maxpool2 - avgpool to 2x2 - linear.
+    """conv3x3(w)-maxpool2-ReLU - conv3x3(2w)-maxpool2-ReLU - avgpool to 2x2 - linear.
 
     For 8x8 digits the average pool is the identity (2x2 after two max pools);
     for 32x32 images it averages 8x8 -> 2x2, so the head is 8w -> C for any
     image size divisible by 8.
 
-    params: [c1 float32[B, 9*C_in, w], c1b [B, w], c2 [B, 9*w, 2w], c2b [B, 2w],
-             W float32[B, C, 8w], b [B, C]]; conv rows ordered (ky, kx, c_in),
-    head columns ordered (y, x, c) like the channels-last activations.
+    params: [c1 float32[B, w, C_in, 3, 3], c1b [B, w], c2 [B, 2w, w, 3, 3],
+             c2b [B, 2w], W float32[B, C, 8w], b [B, C]]: nn.Conv2d / nn.Linear
+    layouts, head columns ordered (c, y, x) like nn.Flatten.
+    The B models run as the groups of one grouped convolution over
+    [n, B * channels, H, W] channels-last activations, so each model's
+    channels only ever meet its own weights; pooling is per channel. Measured
+    against im2col + batched GEMM on this CPU (B = 100, w = 8, forward and
+    backward): 2.1x faster, and 4.2x with the pool before the ReLU.
     """
 
     in_shape: tuple[int, ...]
@@ -205,43 +191,36 @@ class StackedCNN:
 
     def init_one(self, rng: np.random.Generator) -> list[np.ndarray]:
         c_in, w = self.in_shape[0], self.width
-        # drawn in nn.Conv2d / nn.Linear layouts, then reordered for the GEMMs
-        conv1 = _uniform(rng, (w, c_in, 3, 3), c_in * 9)
-        b1 = _uniform(rng, (w,), c_in * 9)
-        conv2 = _uniform(rng, (2 * w, w, 3, 3), w * 9)
-        b2 = _uniform(rng, (2 * w,), w * 9)
-        head = _uniform(rng, (self.n_classes, 2 * w, 2, 2), 8 * w)
-        bh = _uniform(rng, (self.n_classes,), 8 * w)
         return [
-            conv1.transpose(2, 3, 1, 0).reshape(9 * c_in, w).copy(), b1,
-            conv2.transpose(2, 3, 1, 0).reshape(9 * w, 2 * w).copy(), b2,
-            head.transpose(0, 2, 3, 1).reshape(self.n_classes, 8 * w).copy(), bh,
+            _uniform(rng, (w, c_in, 3, 3), c_in * 9), _uniform(rng, (w,), c_in * 9),
+            _uniform(rng, (2 * w, w, 3, 3), w * 9), _uniform(rng, (2 * w,), w * 9),
+            _uniform(rng, (self.n_classes, 2 * w, 2, 2), 8 * w).reshape(self.n_classes, 8 * w),
+            _uniform(rng, (self.n_classes,), 8 * w),
         ]
 
     def forward(self, params: list[Tensor], x: Tensor) -> Tensor:
         c1, c1b, c2, c2b, w, b = params
         B, n = x.shape[:2]
-        h = x.permute(0, 1, 3, 4, 2)  # [B, n, H, W, C]
-        h = _maxpool2_cl(torch.relu(_conv3x3_cl(h, c1, c1b)))
-        h = _maxpool2_cl(torch.relu(_conv3x3_cl(h, c2, c2b)))
-        H, W = h.shape[2:4]
-        if (H, W) != (2, 2):
-            h = h.reshape(B, n, 2, H // 2, 2, W // 2, -1).mean(dim=(3, 5))
-        return torch.baddbmm(b.unsqueeze(1), h.reshape(B, n, -1), w.transpose(1, 2))
+        h = _grouped(x)
+        # max-pool before ReLU: the same function and gradients (ReLU is monotone,
+        # so it commutes with max), with the ReLU and its backward on a 4x smaller tensor
+        h = F.relu_(F.max_pool2d(F.conv2d(h, c1.flatten(0, 1), c1b.flatten(), padding=1, groups=B), 2))
+        h = F.relu_(F.max_pool2d(F.conv2d(h, c2.flatten(0, 1), c2b.flatten(), padding=1, groups=B), 2))
+        if h.shape[-1] != 2:
+            h = F.adaptive_avg_pool2d(h, 2)
+        h = h.reshape(n, B, -1).transpose(0, 1)  # [B, n, 8w], (c, y, x) per model
+        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
 
     def to_module(self, params: list[Tensor]) -> nn.Module:
         c_in, wd, C = self.in_shape[0], self.width, self.n_classes
         conv1, conv2 = nn.Conv2d(c_in, wd, 3, padding=1), nn.Conv2d(wd, 2 * wd, 3, padding=1)
         head = nn.Linear(8 * wd, C)
         with torch.no_grad():
-            conv1.weight.copy_(params[0][0].reshape(3, 3, c_in, wd).permute(3, 2, 0, 1))
-            conv1.bias.copy_(params[1][0])
-            conv2.weight.copy_(params[2][0].reshape(3, 3, wd, 2 * wd).permute(3, 2, 0, 1))
-            conv2.bias.copy_(params[3][0])
-            # nn.Flatten of [C, 2, 2] orders (c, y, x); ours is (y, x, c)
-            head.weight.copy_(params[4][0].reshape(C, 2, 2, 2 * wd).permute(0, 3, 1, 2).reshape(C, -1))
-            head.bias.copy_(params[5][0])
-        return nn.Sequential(conv1, nn.ReLU(), nn.MaxPool2d(2), conv2, nn.ReLU(), nn.MaxPool2d(2),
+            for mod, (weight, bias) in zip((conv1, conv2, head), zip(params[::2], params[1::2])):
+                mod.weight.copy_(weight[0])
+                mod.bias.copy_(bias[0])
+        # pool before ReLU, like forward: a faster loop, the same function
+        return nn.Sequential(conv1, nn.MaxPool2d(2), nn.ReLU(), conv2, nn.MaxPool2d(2), nn.ReLU(),
                              nn.AdaptiveAvgPool2d(2), nn.Flatten(), head)
 
 
