@@ -17,6 +17,7 @@ takes the same arithmetic wherever it sits in the buffer.
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import torch
@@ -61,13 +62,25 @@ def _compiled_master_update():
     return torch.compile(_master_update, dynamic=True, fullgraph=True)
 
 
+_eager = False  # set when torch.compile is unavailable here (no C++ compiler): the same update, unfused
+
+
 def master_step(flat_p: Tensor, flat_m: Tensor, flat_g_low: Tensor, flat_p_low: Tensor, tr, lr: Tensor) -> None:
     """SGD on float32 master weights from low-precision gradients; refreshes the low-precision weights.
 
     lr: a 0-dim float32 tensor (a Python float would compile a kernel per value).
     """
-    _compiled_master_update()(flat_p, flat_m, flat_g_low, flat_p_low, lr,
-                              float(tr.weight_decay), float(tr.momentum), bool(tr.nesterov))
+    global _eager
+    args = (flat_p, flat_m, flat_g_low, flat_p_low, lr, float(tr.weight_decay), float(tr.momentum),
+            bool(tr.nesterov))
+    if not _eager:
+        try:
+            return _compiled_master_update()(*args)
+        except Exception as err:  # torch.compile needs a working C++ compiler
+            warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); the bf16 optimizer runs "
+                          "unfused (slower, same arithmetic).", RuntimeWarning, stacklevel=2)
+            _eager = True
+    _master_update(*args)
 
 
 def masked_sgd_step(params, grads, bufs, tr, own_lrs: np.ndarray, active: np.ndarray) -> None:
