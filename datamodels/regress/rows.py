@@ -179,7 +179,7 @@ def lasso_path_rows(xp, X, Y, keep, n_tr: int, *, n_lambdas: int, lambda_ratio: 
     lam_max = _np(xp.astype(xp.max(xp.abs(tr.grad_rows(tr.Yc, 0, n)), axis=0), xp.float64)) if n else np.zeros(k)
     lambdas = np.geomspace(1.0, lambda_ratio, n_lambdas)[:, None] * lam_max[None, :]
     W = xp.zeros((n, k), dtype=X.dtype, device=_device(X))
-    r = tr.Yc
+    r = xp.asarray(tr.Yc, copy=True)  # written in place below; tr.Yc must stay the centred targets
     val_mse = np.full((n_lambdas, k), np.nan)
     best = np.zeros(k, dtype=np.int64)
     best_mse = np.full(k, np.inf)
