@@ -487,7 +487,7 @@ def _labels(run, sets: Iterable[TargetSet]) -> tuple[np.ndarray | None, np.ndarr
     from .data import load_split
 
     try:
-        splits = {s: load_split(run.data_dir, s)[1].numpy() for s in ("train", "test")}
+        splits = {s: load_split(run.data_dir, s)[1].numpy() for s in {"train", *(t.name for t in sets)}}
     except DatamodelsError:
         return None, None
     return splits["train"], np.concatenate([splits[t.name] for t in sets])

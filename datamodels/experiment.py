@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import beton_paths, build_dataset
+from .data import beton_path, build_dataset, splits_for
 from .errors import StoreError
 from .spec import Spec, load_spec
 from .store import Store, TargetSet
@@ -59,13 +59,12 @@ class Run:
 
 def target_sets(spec: Spec, data_dir: Path) -> tuple[int, list[TargetSet]]:
     """(n_train, target sets with their column ranges in the margins array)."""
-    paths = beton_paths(data_dir)
-    n_train = beton_length(paths["train"])
-    sizes = {"train": n_train, "test": beton_length(paths["test"])}
+    n_train = beton_length(beton_path(data_dir, "train"))
     out, start = [], 0
     for name in spec.targets.sets:
-        out.append(TargetSet(name, start, start + sizes[name]))
-        start += sizes[name]
+        size = n_train if name == "train" else beton_length(beton_path(data_dir, name))
+        out.append(TargetSet(name, start, start + size))
+        start += size
     return n_train, out
 
 
@@ -87,7 +86,7 @@ def init_run(spec_path: str | Path, out: str | Path, force: bool = False) -> Run
     run.path.mkdir(parents=True, exist_ok=True)
     if Path(spec_path).resolve() != run.spec_path.resolve():
         shutil.copyfile(spec_path, run.spec_path)
-    build_dataset(spec.data, run.data_dir)
+    build_dataset(spec.data, run.data_dir, splits_for(spec))
     n_train, targets = target_sets(spec, run.data_dir)
     Store.create(run.store_path, spec, n_train, targets, force=force)
     return run

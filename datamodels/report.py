@@ -60,7 +60,8 @@ def _target_images(run: Run):
     from .data import load_display_split
 
     store = run.store(mode="r")
-    splits = {s: load_display_split(store.spec.data, run.data_dir, s) for s in ("train", "test")}
+    splits = {s: load_display_split(store.spec.data, run.data_dir, s)
+              for s in {"train", *(t.name for t in store.targets)}}
     xs = [splits[t.name][0] for t in store.targets]
     ys = [splits[t.name][1] for t in store.targets]
     return np.concatenate(xs), np.concatenate(ys), splits["train"][0], splits["train"][1]

@@ -23,6 +23,7 @@ MODELS = ("linear", "mlp", "cnn", "resnet9")
 TRAINERS = ("batched", "ffcv")
 INITS = ("per_model", "shared")
 LR_SCHEDULES = ("constant", "triangle")
+TARGET_SETS = ("test", "train", "shifted")
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,15 @@ class Trainer:
 class Targets:
     # Named target sets whose margins every model records, in this order:
     # "test" is the held-out split; "train" is the training pool itself
-    # (train-set datamodels, for leakage and near-duplicates).
+    # (train-set datamodels, for leakage and near-duplicates); "shifted" (digits
+    # only) is the held-out split translated one pixel right, a target
+    # distribution for subset selection (datamodels.data.digits).
     sets: tuple[str, ...] = ("test",)
 
     def validate(self) -> None:
         _check(len(self.sets) >= 1, "targets.sets", list(self.sets), "must name at least one target set")
         for s in self.sets:
-            _check(s in ("test", "train"), "targets.sets", s, "must be 'test' or 'train'")
+            _check(s in TARGET_SETS, "targets.sets", s, f"must be one of {TARGET_SETS}")
         _check(len(set(self.sets)) == len(self.sets), "targets.sets", list(self.sets), "must not repeat a set")
 
 
@@ -181,6 +184,8 @@ class Spec:
             self.fit.holdout,
             f"must be smaller than experiment.n_models ({self.experiment.n_models})",
         )
+        _check("shifted" not in self.targets.sets or self.data.dataset == "digits", "targets.sets", "shifted",
+               f"exists only for data.dataset = 'digits', not {self.data.dataset!r}")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -46,8 +46,9 @@ def load_train_data(spec, data_dir) -> TrainData:
     device = torch.device(spec.trainer.device)
     x, y = load_split(data_dir, "train", device)
     splits = {"train": (x, y)}
-    if "test" in spec.targets.sets:
-        splits["test"] = load_split(data_dir, "test", device)
+    for s in spec.targets.sets:
+        if s not in splits:
+            splits[s] = load_split(data_dir, s, device)
     tx = torch.cat([splits[s][0] for s in spec.targets.sets])
     ty = torch.cat([splits[s][1] for s in spec.targets.sets])
     n_classes = int(max(int(y.max()), int(ty.max())) + 1)
