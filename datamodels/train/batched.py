@@ -154,15 +154,17 @@ def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total
                    total_steps) -> dict[str, np.ndarray]:
     """The linear / MLP loop: hand-written gradients, one fused SGD kernel per step.
 
-    All parameters live in one flat float32 buffer (gradients, momentum and the
-    bf16 copies likewise), so a step's optimizer work is one op whatever the
-    depth. Per epoch, one gather lays every model's minibatches out step-major
-    ([S, B, bs, d], a contiguous [B, bs, d] block per step), so a step indexes
-    nothing. Per step: the gradients (compute dtype) of
-    :meth:`StackedMLP.grads`, then in fp32 ``torch._fused_sgd_`` (weight decay,
-    momentum and the weight update in one pass: torch.optim.SGD(fused=True)'s
-    kernel), in bf16 :func:`.sgd.master_step` (the same update on float32
-    master weights from the bf16 gradients, writing the bf16 copies, one pass).
+    All parameters live in one flat float32 buffer, one section per layer with
+    its bias folded in as an extra row or column (:meth:`StackedMLP.layer_shapes`);
+    gradients, momentum and the bf16 copies likewise, so a step's optimizer
+    work is one op whatever the depth. Per epoch, one gather lays every model's
+    minibatches out step-major ([S, B, bs, d], a contiguous [B, bs, d] block
+    per step), so a step indexes nothing. Per step: the gradients (compute
+    dtype) of :meth:`StackedMLP.grads`, then in fp32 ``torch._fused_sgd_``
+    (weight decay, momentum and the weight update in one pass:
+    torch.optim.SGD(fused=True)'s kernel), in bf16 :func:`.sgd.master_step`
+    (the same update on float32 master weights from the bf16 gradients,
+    writing the bf16 copies, one pass).
 
     ``torch._fused_sgd_`` runs its vectorised loop with FMAs and its scalar tail
     without, so an element's rounding would depend on where the buffer ends,
@@ -195,7 +197,7 @@ def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total
         flat_gc, gbufs = _flat(B, shapes, cdt, dev)
     hidden = [torch.ones(B, bs, d + 1, dtype=cdt, device=dev) for d in model.hidden]
     low = cdt != torch.float32
-    lr_t = torch.zeros((), dtype=torch.float32, device=x_pool.device)
+    lr_t = torch.zeros((), dtype=torch.float32, device=dev)
     fused = torch.get_num_threads() == 1 and tr.momentum > 0
     # the epoch's minibatches, gathered into buffers allocated once: a fresh
     # multi-MB tensor per epoch costs more in page faults than the gather itself
@@ -204,12 +206,12 @@ def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total
     step = 0
     for epoch in range(tr.epochs):
         idx_np, valid_np = epoch_order(rngs, subsets, bs)
-        flat_idx = torch.from_numpy(idx_np.reshape(B, S, bs).transpose(1, 0, 2).reshape(-1)).to(x_pool.device)
+        flat_idx = torch.from_numpy(idx_np.reshape(B, S, bs).transpose(1, 0, 2).reshape(-1)).to(dev)
         x_ep = torch.index_select(xc_pool, 0, flat_idx, out=x_all).view(S, B, bs, -1)  # [S, B, bs, d]
         q_ep = torch.index_select(q_pool, 0, flat_idx, out=q_all).view(S, B, bs, -1).transpose(2, 3)  # [S, B, C, bs]
         if ragged:  # each model's mean over its own valid examples
             w = torch.from_numpy(np.ascontiguousarray(valid_np.reshape(B, S, bs).transpose(1, 0, 2)))
-            w = w.to(device=x_pool.device, dtype=torch.float32)
+            w = w.to(device=dev, dtype=torch.float32)
             scale_ep = (w / w.sum(2, keepdim=True).clamp(min=1)).unsqueeze(2)  # [S, B, 1, bs]
         for s in range(S):
             if ragged:
