@@ -1,4 +1,4 @@
-"""The `datamodels` command: init, run, status, fit, eval, query, report, demo;
+"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo;
 consolidate, import and export for the store.
 
 User mistakes print one sentence and exit 2 (no traceback); nothing stored is lost.
@@ -217,6 +217,16 @@ def cmd_verify(a) -> int:
     return 0
 
 
+def cmd_select(a) -> int:
+    """Choose a training subset per method for a target set at a budget, retrain each, summarise."""
+    from .select import METHODS, select_run
+
+    res = select_run(a.run, target_set=a.target_set, budget=a.budget, methods=a.methods or METHODS,
+                     retrain=a.retrain, out=a.out, seed=a.seed, temperature=a.temperature, progress=not a.quiet)
+    _print_json(res)
+    return 0
+
+
 def cmd_report(a) -> int:
     from .experiment import open_run
     from .report import write_report
@@ -408,6 +418,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=None)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("select", help="choose a training subset for a (shifted) target set; retrain to verify")
+    s.add_argument("run")
+    s.add_argument("--target-set", default="shifted", help="target set to select for (default shifted)")
+    s.add_argument("--budget", type=float, default=0.5,
+                   help="subset size: a fraction of the pool in (0, 1], or a number of examples")
+    s.add_argument("--methods", default=None,
+                   help="comma-separated, default all: datamodels,datamodels_acc,random,balanced,similarity,full")
+    s.add_argument("--retrain", type=int, default=10, help="models trained per method (seeds paired; 0: none)")
+    s.add_argument("--out", default=None, help="where the masks and the summary go (default RUN/select)")
+    s.add_argument("--seed", type=int, default=0, help="selection/evaluation split and random draws")
+    s.add_argument("--temperature", type=float, default=1.0, help="of the smooth accuracy (datamodels_acc)")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_select)
 
     s = sub.add_parser("report", help="plots and a summary of a fitted run")
     s.add_argument("run")

@@ -99,7 +99,7 @@ def results_key(spec, indices: np.ndarray, masks: np.ndarray) -> str:
 
 
 def train_models(spec, data_dir, indices, masks, cache: str | None = None, progress: bool = True,
-                 chunk: int = 500, data=None) -> np.ndarray:
+                 chunk: int = 500, data=None, desc: str = "retrain") -> np.ndarray:
     """Margins float32[N, k] of models indices[r] (seeds) trained on masks[r] (bool[N, n]).
 
     Resumable: with `cache` (a .npz path) finished chunks are kept there and a
@@ -131,7 +131,7 @@ def train_models(spec, data_dir, indices, masks, cache: str | None = None, progr
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=N, initial=N - len(todo), unit="model", desc="retrain")
+        bar = tqdm(total=N, initial=N - len(todo), unit="model", desc=desc)
     for s in range(0, len(todo), chunk):
         sel = todo[s:s + chunk]
         margins[sel] = train_block(spec, data, indices[sel], masks[sel])["margins"]

@@ -1,0 +1,196 @@
+"""Selection for a target distribution on a fitted run, end to end, with the honest protocol.
+
+1. The target set's examples are split in two by a seeded permutation of their
+   positions (:func:`split_halves`). Selection sees only the selection half:
+   its datamodels and, for the similarity baseline, its images. Every accuracy
+   is measured on the evaluation half, so no method is scored on the examples
+   it optimised for. The split depends on (set size, seed) only: for the
+   digits "shifted" set, whose example j is "test" example j translated, the
+   evaluation halves of both sets are the same held-out images, so the
+   in-distribution accuracy is measured on the originals of shifted images the
+   selection never saw.
+2. Every method chooses a subset of the same size k (``budget``: a fraction of
+   the pool or a count); the full pool is the reference at size n.
+3. Each subset is retrained R times with the run's own trainer, seeds paired
+   across methods (:mod:`datamodels.select.verify`); the random baselines draw
+   a new subset for each model, so their spread includes the draw.
+
+Methods (:data:`METHODS`): ``datamodels`` (DsDm top-k on the predicted mean
+margin), ``datamodels_acc`` (local search on the smooth predicted accuracy),
+``random``, ``balanced`` (class-balanced random), ``similarity`` (nearest
+training examples in input space) and ``full`` (the whole pool).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DatamodelsError
+from .algorithms import select_by_accuracy, select_by_margin
+from .baselines import balanced_subset, random_subset, similarity_subset
+from .objectives import TargetObjective
+from .verify import SELECT_OFFSET, accuracy, retrain_margins
+
+METHODS = ("datamodels", "datamodels_acc", "random", "balanced", "similarity", "full")
+RANDOMISED = ("random", "balanced")  # a fresh draw per retrained model
+
+
+def parse_methods(methods) -> tuple[str, ...]:
+    """'datamodels,random' or a sequence -> a tuple of known method names, in the order given."""
+    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
+    names = [m for m in names if m]
+    if not names:
+        raise DatamodelsError(f"methods = {methods!r} must name at least one of {', '.join(METHODS)}.")
+    for m in names:
+        if m not in METHODS:
+            raise DatamodelsError(f"method = {m!r} is not one of {', '.join(METHODS)}.")
+    return tuple(dict.fromkeys(names))
+
+
+def budget_size(budget, n: int) -> int:
+    """Subset size k for a budget: a fraction in (0, 1] of the pool of n, or a whole count 1..n."""
+    b = float(budget)
+    if math.isfinite(b) and 0 < b <= 1:
+        return max(1, int(round(b * n)))
+    if math.isfinite(b) and b > 1 and b == int(b):
+        if b > n:
+            raise DatamodelsError(f"budget = {budget!r} is larger than the pool of {n} training examples.")
+        return int(b)
+    raise DatamodelsError(f"budget = {budget!r} must be a fraction in (0, 1] of the pool or a whole number "
+                          f"of examples up to {n}.")
+
+
+def split_halves(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(selection, evaluation): disjoint sorted positions int64 covering 0..size-1, floor(size/2) selection."""
+    if size < 2:
+        raise DatamodelsError(f"a target set of {size} examples cannot be split into selection and evaluation halves.")
+    order = np.random.default_rng(np.random.SeedSequence([int(seed), size])).permutation(size)
+    return np.sort(order[:size // 2]), np.sort(order[size // 2:])
+
+
+def choose_subsets(objective: TargetObjective, k: int, methods, train_x=None, train_y=None, target_x=None,
+                   draws: int = 1, seed: int = 0, temperature: float = 1.0) -> dict[str, np.ndarray]:
+    """{method: masks bool[D, n]}: D = draws for random and balanced, 1 otherwise.
+
+    objective: the selection half's datamodels; train_x float[n, ...] and
+    target_x float[t, ...] (the selection half's inputs) serve similarity;
+    train_y int[n] serves balanced.
+    """
+    n = objective.n_train
+    out: dict[str, np.ndarray] = {}
+    for m in parse_methods(methods):
+        if m == "datamodels":
+            masks = select_by_margin(objective, k)[None]
+        elif m == "datamodels_acc":
+            masks = select_by_accuracy(objective, k, temperature)[None]
+        elif m == "random":
+            masks = np.stack([random_subset(n, k, seed, d) for d in range(draws)])
+        elif m == "balanced":
+            masks = np.stack([balanced_subset(train_y, k, seed, d) for d in range(draws)])
+        elif m == "similarity":
+            masks = similarity_subset(train_x, target_x, k)[None]
+        else:
+            masks = np.ones((1, n), dtype=bool)
+        out[m] = masks
+    return out
+
+
+def _stats(values: np.ndarray) -> dict:
+    return {"mean": round(float(np.mean(values)), 4), "std": round(float(np.std(values)), 4),
+            "per_model": [round(float(v), 4) for v in values]}
+
+
+def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
+               seed: int = 0, temperature: float = 1.0, progress: bool = True) -> dict:
+    """Select a subset per method for `target_set` of a fitted run, retrain, and summarise (module doc).
+
+    Writes OUT/{target_set}-k{k}.npz (every method's masks bool[D, n]) and
+    OUT/{target_set}-k{k}.json (the summary, also returned); OUT defaults to
+    RUN/select. Retrained margins are cached in RUN/select/cache.
+    """
+    from ..experiment import Run, open_run
+    from ..report import attribution
+    from ..train import load_train_data
+
+    run = run if isinstance(run, Run) else open_run(run)
+    methods = parse_methods(methods)
+    if int(retrain) != retrain or retrain < 0:
+        raise DatamodelsError(f"retrain = {retrain!r} must be a whole number of models, 0 or more.")
+    if temperature <= 0:
+        raise DatamodelsError(f"temperature = {temperature!r} must be positive.")
+    store = run.store(mode="r")
+    k = budget_size(budget, store.n_train)
+    attr = attribution(run)  # raises, in one sentence, when the run has no fit
+    if target_set == "train":
+        raise DatamodelsError("target set = 'train' is the training pool itself; select for a held-out target set.")
+    columns = attr._columns([target_set])  # raises when the fit has no such set
+    sel, ev = split_halves(len(columns), seed)
+    held_out = [t for t in attr.target_sets if t.name != "train"]
+    eval_columns = {t.name: t.start + split_halves(t.stop - t.start, seed)[1] for t in held_out}
+
+    data = load_train_data(run.spec, run.data_dir)
+    obj_sel = TargetObjective.from_attribution(attr, columns[sel])
+    obj_eval = TargetObjective.from_attribution(attr, columns[ev])
+    draws = max(1, int(retrain))
+    chosen = choose_subsets(obj_sel, k, methods, train_x=data.x.cpu().numpy(), train_y=data.y.cpu().numpy(),
+                            target_x=data.target_x[columns[sel]].cpu().numpy(), draws=draws, seed=seed,
+                            temperature=temperature)
+
+    out_dir = Path(out) if out is not None else run.path / "select"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{target_set}-k{k}"
+    masks_path = out_dir / f"{stem}.npz"
+    tmp = out_dir / f"{stem}.partial.npz"
+    np.savez(tmp, **chosen)
+    tmp.replace(masks_path)
+
+    offset = max(SELECT_OFFSET, store.n_models)
+    summary_methods = {}
+    for m, masks in chosen.items():
+        entry = {
+            "size": int(masks[0].sum()),
+            "draws": int(len(masks)),
+            "predicted": {
+                "select_mean_margin": round(float(obj_sel.mean_margin(masks).mean()), 4),
+                "select_accuracy": round(float(obj_sel.accuracy(masks).mean()), 4),
+                "eval_mean_margin": round(float(obj_eval.mean_margin(masks).mean()), 4),
+                "eval_accuracy": round(float(obj_eval.accuracy(masks).mean()), 4),
+            },
+        }
+        if retrain:
+            rows = masks if len(masks) == retrain else np.repeat(masks[:1], retrain, axis=0)
+            margins = retrain_margins(run.spec, run.data_dir, rows, cache_dir=run.path / "select" / "cache",
+                                      offset=offset, data=data, progress=progress, desc=f"retrain {m}")
+            entry["accuracy"] = {name: _stats(accuracy(margins, cols)) for name, cols in eval_columns.items()}
+        summary_methods[m] = entry
+
+    summary = {
+        "run": str(run.path),
+        "target_set": target_set,
+        "budget": float(budget),
+        "k": int(k),
+        "n_train": int(store.n_train),
+        "protocol": {
+            "split_seed": int(seed),
+            "selection_half": int(len(sel)),
+            "evaluation_half": int(len(ev)),
+            "selection_uses": f"datamodels (and images, for similarity) of the selection half of {target_set!r}",
+            "accuracy_on": "the evaluation half of every held-out target set, share with margin > 0",
+            "retrain": int(retrain),
+            "seeds": f"model indices {offset}..{offset + max(int(retrain), 1) - 1}, paired across methods",
+            "randomised_methods": "a fresh draw per retrained model",
+            "temperature": float(temperature),
+        },
+        "methods": summary_methods,
+        "masks": str(masks_path),
+    }
+    summary_path = out_dir / f"{stem}.json"
+    summary["summary"] = str(summary_path)
+    tmp = out_dir / f"{stem}.json.partial"
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(summary_path)
+    return summary
