@@ -89,7 +89,8 @@ def side_by_side(spec, loop_spec, data, rounds: int, batch_models: int, loop_mod
     for r in range(rounds):
         idx = np.arange(start + r * batch_models, start + (r + 1) * batch_models)
         masks = sample_masks(e.seed, idx, n, e.alpha, e.sampler)
-        b_acc = timed("b", len(idx), lambda: train_block(spec, data, idx, masks, outputs=("correct",)))["correct"].mean(1)
+        out = timed("b", len(idx), lambda: train_block(spec, data, idx, masks, outputs=("correct",)))
+        b_acc = out["correct"].mean(1)
         acc["b"].extend(b_acc.tolist())
         if alt is not None:
             out = timed("a", len(idx), lambda: train_block(alt[1], data, idx, masks, outputs=("correct",)))
@@ -148,10 +149,9 @@ def machine_rate(spec_path: str, data_dir: str, kind: str, workers: int, per_wor
     """Models per wall-clock second of `workers` processes training `per_worker` models each at once."""
     ctx = mp.get_context("spawn")
     barrier, queue = ctx.Barrier(workers), ctx.Queue()
-    procs = [ctx.Process(target=_machine_worker,
-                         args=(spec_path, data_dir, kind, np.arange(start + w * per_worker, start + (w + 1) * per_worker),
-                               barrier, queue))
-             for w in range(workers)]
+    shares = [np.arange(start + w * per_worker, start + (w + 1) * per_worker) for w in range(workers)]
+    procs = [ctx.Process(target=_machine_worker, args=(spec_path, data_dir, kind, share, barrier, queue))
+             for share in shares]
     for p in procs:
         p.start()
     secs = [queue.get() for _ in procs]

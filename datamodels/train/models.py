@@ -66,7 +66,10 @@ class StackedMLP:
         return torch.baddbmm(params[-1].unsqueeze(1), h, params[-2].transpose(1, 2))
 
     def layer_shapes(self) -> list[tuple[int, int]]:
-        """One model's layers with the bias folded in: hidden [d_in + 1, d_out] (bias last row), output [C, d_L + 1] (bias last column)."""
+        """One model's layers with the bias folded in.
+
+        Hidden layers [d_in + 1, d_out] (bias the last row), the output layer
+        [C, d_L + 1] (bias the last column)."""
         w = self.widths
         return [(d_in + 1, d_out) for d_in, d_out in zip(w[:-2], w[1:-1])] + [(w[-1], w[-2] + 1)]
 
