@@ -19,7 +19,7 @@ from torch import Tensor
 from ..errors import DatamodelsError
 from .margins import OUTPUTS, margins_from_logits
 
-__all__ = ["TrainData", "load_train_data", "train_block", "margins_from_logits", "OUTPUTS"]
+__all__ = ["TrainData", "as_float_input", "load_train_data", "train_block", "margins_from_logits", "OUTPUTS"]
 
 
 @dataclass(frozen=True)
@@ -52,15 +52,18 @@ def load_train_data(spec, data_dir) -> TrainData:
     tx = torch.cat([splits[s][0] for s in spec.targets.sets])
     ty = torch.cat([splits[s][1] for s in spec.targets.sets])
     n_classes = int(max(int(y.max()), int(ty.max())) + 1)
-    return TrainData(_as_float(x), y.long(), _as_float(tx), ty.long(), n_classes, Path(data_dir))
+    return TrainData(as_float_input(x).contiguous(), y.long(), as_float_input(tx).contiguous(), ty.long(),
+                     n_classes, Path(data_dir))
 
 
-def _as_float(x: Tensor) -> Tensor:
-    if x.dtype == torch.uint8:  # HWC byte images (CIFAR-10 .beton): normalised float NCHW
+def as_float_input(x: Tensor) -> Tensor:
+    """Images as the models see them: uint8 HWC bytes (CIFAR-10 .beton) normalised to float NCHW
+    (channels-last memory, as permuted); anything else as float32."""
+    if x.dtype == torch.uint8:
         from ..data.cifar10 import to_float_images
 
-        return to_float_images(x).contiguous()
-    return x.float().contiguous()
+        return to_float_images(x)
+    return x.float()
 
 
 def train_block(spec, data: TrainData, indices, masks, outputs=("margins",), progress: bool = False) -> dict[str, np.ndarray]:

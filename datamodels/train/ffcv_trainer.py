@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..errors import DatamodelsError
 from ..masks import model_rng
+from . import as_float_input
 from .batched import INIT_STREAM, init_params, init_sources, lr_at
 from .margins import outputs_from_logits
 from .models import stacked_model
@@ -110,14 +111,6 @@ def augment(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
     return padded[batch, chan, rows, cols]
 
 
-def _as_input(x: Tensor) -> Tensor:
-    from ..data.cifar10 import to_float_images
-
-    if x.dtype == torch.uint8:  # HWC bytes from the CIFAR-10 .beton; permuted, it is channels-last already
-        return to_float_images(x)
-    return x.float()
-
-
 def _loader(path, subset: np.ndarray, batch_size: int, seed: int, workers: int, device: torch.device):
     from ffcv.fields.decoders import IntDecoder, NDArrayDecoder
     from ffcv.loader import Loader, OrderOption
@@ -184,7 +177,7 @@ def train_one_ffcv(spec, data, index: int, mask: np.ndarray, outputs, device: to
         net.train()
         for _epoch in range(tr.epochs):
             for x, y in loader:
-                x = _as_input(x)
+                x = as_float_input(x)
                 if recipe:
                     x = augment(x, gen)
                 x = x.contiguous(memory_format=torch.channels_last)
