@@ -184,8 +184,8 @@ class StackedCNN:
     The B models run as the groups of one grouped convolution over
     [n, B * channels, H, W] channels-last activations, so each model's
     channels only ever meet its own weights; pooling is per channel. Measured
-    against im2col + batched GEMM on this CPU (B = 100, w = 8, forward and
-    backward): 2.1x faster, and 4.2x with the pool before the ReLU.
+    against im2col + batched GEMM on this CPU (100 models, w = 8, 10 epochs on
+    digits): 13.8 -> 23.2 models/s, and 38.9 with the pool before the ReLU.
     """
 
     in_shape: tuple[int, ...]
