@@ -28,7 +28,7 @@ Protocol (recorded in the output):
   effective robustness is the mean of its models' shifted accuracy minus the
   line's prediction at their ID accuracy (accuracy points).
 
-    python analysis/selection.py            # 4.4 minutes on 2 cores (training 6,000 models: 232 s)
+    python analysis/selection.py            # 2.4 minutes on 2 cores (training 6,000 models: 109 s)
     python analysis/selection.py --quick    # 1,000 models, 3 retrains: a smoke version
 
 Resumable: models, the fit and retrained subsets are kept in the run
