@@ -222,7 +222,8 @@ def cmd_select(a) -> int:
     from .select import METHODS, select_run
 
     res = select_run(a.run, target_set=a.target_set, budget=a.budget, methods=a.methods or METHODS,
-                     retrain=a.retrain, out=a.out, seed=a.seed, temperature=a.temperature, progress=not a.quiet)
+                     retrain=a.retrain, out=a.out, seed=a.seed, temperature=a.temperature, progress=not a.quiet,
+                     retrain_with=a.retrain_with)
     _print_json(res)
     return 0
 
@@ -430,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="where the masks and the summary go (default RUN/select)")
     s.add_argument("--seed", type=int, default=0, help="selection/evaluation split and random draws")
     s.add_argument("--temperature", type=float, default=1.0, help="of the smooth accuracy (datamodels_acc)")
+    s.add_argument("--retrain-with", action="append", default=[], metavar="FIELD=VALUE",
+                   help="a [trainer] field for the retraining only, e.g. lr=0.1 (repeatable)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_select)
 

@@ -4,6 +4,7 @@ honest selection / evaluation split, the shifted target set, and `datamodels sel
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,7 +226,10 @@ def test_cli_select_bad_input(tiny_run, capsys):
                         (("--budget", "1.5"), ("budget = 1.5", "fraction in (0, 1]")),
                         (("--budget", "401"), ("budget = 401.0", "larger than the pool of 400")),
                         (("--methods", "datamodels,magic"), ("method = 'magic'",)),
-                        (("--target-set", "train"), ("target set = 'train'",))):
+                        (("--target-set", "train"), ("target set = 'train'",)),
+                        (("--retrain-with", "lr"), ("retrain_with = 'lr'", "FIELD=VALUE")),
+                        (("--retrain-with", "speed=2"), ("trainer.speed is not a known field",)),
+                        (("--retrain-with", "lr=fast"), ("trainer.lr = 'fast'", "float"))):
         rc = main(["select", str(tiny_run.path), *args, "--retrain", "1", "--quiet"])
         assert_one_sentence(rc, capsys.readouterr().err, *words)
     # a run without a fit, as a user meets it
@@ -240,3 +244,24 @@ def test_cli_select_bad_input(tiny_run, capsys):
     after = sorted(p.name for p in (tiny_run.path / "select").glob("*")) if (tiny_run.path / "select").exists() else []
     assert after == before and tiny_run.store(mode="r").status()["done"] == done
     assert tiny_run.fit_path.exists()
+
+
+def test_select_retrains_with_the_overridden_recipe(tiny_run):
+    """--retrain-with changes the retraining recipe only: recorded, written beside the default, really used."""
+    from datamodels.select.verify import SELECT_OFFSET
+    from datamodels.train import load_train_data, train_block
+
+    rc, out, err = cli("select", tiny_run.path, "--budget", "0.25", "--retrain", "1", "--methods", "datamodels",
+                       "--retrain-with", "lr=0.5", "--retrain-with", "epochs=2", "--quiet")
+    assert rc == 0, err
+    res = json.loads(out)
+    assert res["protocol"]["retrain_with"] == {"epochs": 2, "lr": 0.5}
+    assert Path(res["summary"]).name == "shifted-k100-epochs=2-lr=0.5.json"
+    mask = np.load(res["masks"])["datamodels"][:1]
+    data = load_train_data(tiny_run.spec, tiny_run.data_dir)
+    shifted_eval = 1397 + split_halves(1397, 0)[1]
+    got = res["methods"]["datamodels"]["accuracy"]["shifted"]["per_model"][0]
+    for spec, same in ((tiny_run.spec.replace(trainer={"lr": 0.5, "epochs": 2}), True), (tiny_run.spec, False)):
+        margins = train_block(spec, data, [SELECT_OFFSET], mask)["margins"]
+        acc = float((margins[0, shifted_eval] > 0).mean())
+        assert (abs(acc - got) < 1e-4) == same, (spec.trainer, acc, got)

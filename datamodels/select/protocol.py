@@ -11,9 +11,10 @@
    selection never saw.
 2. Every method chooses a subset of the same size k (``budget``: a fraction of
    the pool or a count); the full pool is the reference at size n.
-3. Each subset is retrained R times with the run's own trainer, seeds paired
-   across methods (:mod:`datamodels.select.verify`); the random baselines draw
-   a new subset for each model, so their spread includes the draw.
+3. Each subset is retrained R times with the run's own trainer (or its
+   recipe with the fields of ``retrain_with`` changed), seeds paired across
+   methods (:mod:`datamodels.select.verify`); the random baselines draw a new
+   subset for each model, so their spread includes the draw.
 
 Methods (:data:`METHODS`): ``datamodels`` (DsDm top-k on the predicted mean
 margin), ``datamodels_acc`` (local search on the smooth predicted accuracy),
@@ -104,13 +105,35 @@ def _stats(values: np.ndarray) -> dict:
             "per_model": [round(float(v), 4) for v in values]}
 
 
+def parse_trainer_overrides(items) -> dict:
+    """['lr=0.05', 'precision=fp32'] -> {'lr': 0.05, 'precision': 'fp32'}: values read as TOML, bare words as strings."""
+    import tomllib
+
+    out = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise DatamodelsError(f"retrain_with = {item!r} must be FIELD=VALUE with a [trainer] field, e.g. lr=0.05.")
+        try:
+            out[key] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = text.strip()
+    return out
+
+
 def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
-               seed: int = 0, temperature: float = 1.0, progress: bool = True) -> dict:
+               seed: int = 0, temperature: float = 1.0, progress: bool = True, retrain_with=None) -> dict:
     """Select a subset per method for `target_set` of a fitted run, retrain, and summarise (module doc).
 
-    Writes OUT/{target_set}-k{k}.npz (every method's masks bool[D, n]) and
-    OUT/{target_set}-k{k}.json (the summary, also returned); OUT defaults to
-    RUN/select. Retrained margins are cached in RUN/select/cache.
+    retrain_with: [trainer] fields for the retraining only, e.g. {"lr": 0.1}
+    (a recipe tuned on alpha-subsets can be unstable on a small budget); the
+    selection still uses the run's datamodels.
+
+    Writes OUT/{stem}.npz (every method's masks bool[D, n]) and OUT/{stem}.json
+    (the summary, also returned), stem = {target_set}-k{k}, plus -FIELD=VALUE
+    for each retrain_with field; OUT defaults to RUN/select. Retrained margins
+    are cached in RUN/select/cache.
     """
     from ..experiment import Run, open_run
     from ..report import attribution
@@ -118,6 +141,8 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
 
     run = run if isinstance(run, Run) else open_run(run)
     methods = parse_methods(methods)
+    overrides = retrain_with if isinstance(retrain_with, dict) else parse_trainer_overrides(retrain_with)
+    retrain_spec = run.spec.replace(trainer=overrides) if overrides else run.spec  # names a bad field or value
     if int(retrain) != retrain or retrain < 0:
         raise DatamodelsError(f"retrain = {retrain!r} must be a whole number of models, 0 or more.")
     if temperature <= 0:
@@ -142,7 +167,7 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
 
     out_dir = Path(out) if out is not None else run.path / "select"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{target_set}-k{k}"
+    stem = f"{target_set}-k{k}" + "".join(f"-{key}={value}" for key, value in sorted(overrides.items()))
     masks_path = out_dir / f"{stem}.npz"
     tmp = out_dir / f"{stem}.partial.npz"
     np.savez(tmp, **chosen)
@@ -163,7 +188,7 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
         }
         if retrain:
             rows = masks if len(masks) == retrain else np.repeat(masks[:1], retrain, axis=0)
-            margins = retrain_margins(run.spec, run.data_dir, rows, cache_dir=run.path / "select" / "cache",
+            margins = retrain_margins(retrain_spec, run.data_dir, rows, cache_dir=run.path / "select" / "cache",
                                       offset=offset, data=data, progress=progress, desc=f"retrain {m}")
             entry["accuracy"] = {name: _stats(accuracy(margins, cols)) for name, cols in eval_columns.items()}
         summary_methods[m] = entry
@@ -181,6 +206,7 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
             "selection_uses": f"datamodels (and images, for similarity) of the selection half of {target_set!r}",
             "accuracy_on": "the evaluation half of every held-out target set, share with margin > 0",
             "retrain": int(retrain),
+            "retrain_with": {key: overrides[key] for key in sorted(overrides)},
             "seeds": f"model indices {offset}..{offset + max(int(retrain), 1) - 1}, paired across methods",
             "randomised_methods": "a fresh draw per retrained model",
             "temperature": float(temperature),
