@@ -28,13 +28,13 @@ Protocol (recorded in the output):
   effective robustness is the mean of its models' shifted accuracy minus the
   line's prediction at their ID accuracy (accuracy points).
 
-    python analysis/selection.py            # 2.4 minutes on 2 cores (training 6,000 models: 109 s)
+    python analysis/selection.py            # 2.4-2.9 minutes on 2 cores (training 6,000 models: 109-136 s)
     python analysis/selection.py --quick    # 1,000 models, 3 retrains: a smoke version
 
 Resumable: models, the fit and retrained subsets are kept in the run
 directory. Prints ONE JSON line and writes it to analysis/results/selection.json
-(selection_quick.json for --quick), with the plots selection_accuracy.png and
-selection_robustness.png beside it.
+(selection_quick.json for --quick), with the plots selection_accuracy.png,
+selection_robustness.png and selection_examples.png beside it.
 """
 
 from __future__ import annotations
@@ -105,6 +105,55 @@ def ink_columns(run, summaries: dict) -> dict:
         out[str(b)] = {m: round(float(np.mean([centre[mk].mean() for mk in masks[m]])), 3)
                        for m in masks.files if m != "full"}
     return out
+
+
+def plot_examples(path: Path, run, summary: dict, n: int = 12) -> None:
+    """What the datamodels choose at one budget, as images: the shifted targets they serve, the pool images
+    with the largest and the smallest mean weight (DsDm's first picks and first exclusions), and the images
+    the accuracy search swapped in and out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from datamodels.data import load_display_split
+    from datamodels.report import _show, attribution
+    from datamodels.select import TargetObjective, split_halves
+
+    attr = attribution(run)
+    cols = attr._columns(["shifted"])
+    sel = split_halves(len(cols), summary["protocol"]["split_seed"])[0]
+    w = TargetObjective.from_attribution(attr, cols[sel]).margin_weights()  # [n]
+    train_x, train_y = load_display_split(run.spec.data, run.data_dir, "train")
+    shift_x, shift_y = load_display_split(run.spec.data, run.data_dir, "shifted")
+    masks = np.load(summary["masks"])
+    dsdm, acc = masks["datamodels"][0], masks["datamodels_acc"][0]
+    by_w = np.argsort(-w, kind="stable")
+    swapped_in = [i for i in by_w if acc[i] and not dsdm[i]]
+    swapped_out = [i for i in by_w[::-1] if dsdm[i] and not acc[i]]
+    rows = [("shifted targets (selection half)", shift_x[sel[:n]], shift_y[sel[:n]], None),
+            ("largest weight: DsDm's first picks", train_x[by_w[:n]], train_y[by_w[:n]], w[by_w[:n]]),
+            ("smallest weight: DsDm's first exclusions", train_x[by_w[::-1][:n]], train_y[by_w[::-1][:n]],
+             w[by_w[::-1][:n]]),
+            (f"datamodels_acc swapped in ({len(swapped_in)})", train_x[swapped_in[:n]], train_y[swapped_in[:n]],
+             w[swapped_in[:n]]),
+            (f"datamodels_acc swapped out ({len(swapped_out)})", train_x[swapped_out[:n]], train_y[swapped_out[:n]],
+             w[swapped_out[:n]])]
+    fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.25))
+    for r, (title, xs, ys, ws) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r, c]
+            if c < len(xs):
+                _show(ax, xs[c])
+                ax.set_title(f"{ys[c]}" + ("" if ws is None else f" {ws[c]:+.3f}"), fontsize=6)
+            else:
+                ax.axis("off")
+        axes[r, 0].annotate(title, (0, 1.45), xycoords="axes fraction", fontsize=8, ha="left")
+    fig.suptitle(f"budget {summary['k']} of {summary['n_train']}: label and mean datamodel weight over the "
+                 "selection half", fontsize=8)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.03, hspace=0.75, wspace=0.08)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def plot_accuracy(path: Path, budgets, table: dict, methods, full: dict, control: dict) -> None:
@@ -221,6 +270,7 @@ def main(argv=None) -> int:
     res_dir.mkdir(parents=True, exist_ok=True)
     plot_accuracy(res_dir / f"{name}_accuracy.png", budgets, table, METHODS, full, control)
     plot_robustness(res_dir / f"{name}_robustness.png", points, line, n_eval, er)
+    plot_examples(res_dir / f"{name}_examples.png", run, summaries[budgets[0]])
 
     def brief(b, m):
         s = summaries[b]["methods"][m]
@@ -255,7 +305,7 @@ def main(argv=None) -> int:
         # this invocation's times: a rerun reuses the stored models, the fit and the cached retrains
         "seconds": {"train": round(t_train, 1), "fit": round(t_fit, 1), "select_and_retrain": round(t_select, 1)},
         "models_trained_now": int(st["written"]),
-        "plots": [f"analysis/results/{name}_accuracy.png", f"analysis/results/{name}_robustness.png"],
+        "plots": [f"analysis/results/{name}_{p}.png" for p in ("accuracy", "robustness", "examples")],
     }
     line_out = json.dumps(out)
     print(line_out)
