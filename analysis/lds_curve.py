@@ -24,13 +24,14 @@ Prints ONE JSON line and writes it to analysis/results/lds_curve.json
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import tomllib
 from pathlib import Path
 
 import numpy as np
+
+from results_io import emit
 
 from datamodels.spec import toml_text
 
@@ -183,11 +184,7 @@ def main(argv=None) -> int:
               "recipe": "jobs/digits.toml" + (f" with trainer overrides {args.trainer}" if args.trainer else "")}
     for model in args.models.split(","):
         result[model] = curve_for(model, args, out_dir)
-    line = json.dumps(result)
-    print(line)
-    res_dir = REPO / "analysis" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / f"{name}.json").write_text(line + "\n")
+    emit(result, name)
     return 0
 
 

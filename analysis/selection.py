@@ -40,12 +40,13 @@ selection_robustness.png and selection_examples.png beside it.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+from results_io import emit, results_dir
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_FIT = ("random", "full")  # the models the effective-robustness line is fitted on
@@ -266,8 +267,7 @@ def main(argv=None) -> int:
                                                                         n_eval))), 4)
                               for m in METHODS if m != "full"} for b in budgets}
 
-    res_dir = REPO / "analysis" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
+    res_dir = results_dir()
     plot_accuracy(res_dir / f"{name}_accuracy.png", budgets, table, METHODS, full, control)
     plot_robustness(res_dir / f"{name}_robustness.png", points, line, n_eval, er)
     plot_examples(res_dir / f"{name}_examples.png", run, summaries[budgets[0]])
@@ -307,9 +307,7 @@ def main(argv=None) -> int:
         "models_trained_now": int(st["written"]),
         "plots": [f"analysis/results/{name}_{p}.png" for p in ("accuracy", "robustness", "examples")],
     }
-    line_out = json.dumps(out)
-    print(line_out)
-    (res_dir / f"{name}.json").write_text(line_out + "\n")
+    emit(out, name)
     return 0
 
 

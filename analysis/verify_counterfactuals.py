@@ -30,11 +30,12 @@ Prints ONE JSON line and writes it to analysis/results/verify_counterfactuals.js
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from results_io import emit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -94,11 +95,7 @@ def main(argv=None) -> int:
         out["full_pool"] = res
     out["spearman_alpha_base"] = out["alpha_base"]["spearman"]
     out["goal"] = {"spearman_at_least": 0.9, "met": bool(out["alpha_base"]["spearman"] >= 0.9)}
-    line = json.dumps(out)
-    print(line)
-    res_dir = REPO / "analysis" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / f"{name}.json").write_text(line + "\n")
+    emit(out, name)
     return 0
 
 
