@@ -1,5 +1,6 @@
 """The demo's report: LDS on held-out models, a predicted-vs-actual scatter, a target beside its
-top influencers, written as PNG files plus summary.json."""
+top influencers and, when the run has selections, their retrained accuracy against budget, written as
+PNG files plus summary.json."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 from .errors import DatamodelsError
 from .evaluate import LDSResult, lds
 from .experiment import Run
+from .select.report import collect as collect_selections
+from .select.report import plot_selection
 
 
 def load_fit(run: Run):
@@ -197,5 +200,10 @@ def write_report(run: Run) -> dict:
         "n_models_done": store.status()["done"],
         "files": ["lds_scatter.png", "influencers.png", "influencers_grid.png"],
     }
+    groups = collect_selections(run.path / "select")  # what `datamodels select` chose and retrained, if anything
+    if groups:
+        plot_selection(out / "selection.png", groups)
+        summary["selection"] = groups
+        summary["files"].append("selection.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary

@@ -265,3 +265,22 @@ def test_select_retrains_with_the_overridden_recipe(tiny_run):
         margins = train_block(spec, data, [SELECT_OFFSET], mask)["margins"]
         acc = float((margins[0, shifted_eval] > 0).mean())
         assert (abs(acc - got) < 1e-4) == same, (spec.trainer, acc, got)
+
+
+def test_report_gathers_the_selections_by_recipe(tiny_run):
+    """`datamodels report` adds every selection of the run: accuracy against budget, one group per recipe."""
+    from datamodels.report import write_report
+
+    made = [select_run(tiny_run, "shifted", k, ["datamodels", "random", "full"], retrain=1, progress=False,
+                       retrain_with=rw) for k, rw in ((100, None), (40, None), (40, {"lr": 0.5}))]
+    summary = write_report(tiny_run)
+    assert "selection.png" in summary["files"] and (tiny_run.report_dir / "selection.png").stat().st_size > 0
+    groups = {json.dumps(g["retrain_with"]): g for g in summary["selection"]}
+    assert list(groups)[0] == "{}"  # the run's own recipe first
+    own, other = groups["{}"], groups[json.dumps({"lr": 0.5})]
+    assert own["budgets"][:1] == [40] and 100 in own["budgets"] and other["budgets"] == [40]
+    for group, k, made_one in ((own, 40, made[1]), (own, 100, made[0]), (other, 40, made[2])):
+        col = group["budgets"].index(k)
+        for m in ("datamodels", "random", "full"):
+            for t in ("test", "shifted"):
+                assert group["methods"][m][t]["mean"][col] == made_one["methods"][m]["accuracy"][t]["mean"], (k, m, t)
