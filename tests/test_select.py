@@ -271,7 +271,7 @@ def test_report_gathers_the_selections_by_recipe(tiny_run):
     """`datamodels report` adds every selection of the run: accuracy against budget, one group per recipe."""
     from datamodels.report import write_report
 
-    made = [select_run(tiny_run, "shifted", k, ["datamodels", "random", "full"], retrain=1, progress=False,
+    made = [select_run(tiny_run, "shifted", k, ["datamodels", "random", "full"], retrain=2, progress=False,
                        retrain_with=rw) for k, rw in ((100, None), (40, None), (40, {"lr": 0.5}))]
     summary = write_report(tiny_run)
     assert "selection.png" in summary["files"] and (tiny_run.report_dir / "selection.png").stat().st_size > 0
@@ -284,3 +284,22 @@ def test_report_gathers_the_selections_by_recipe(tiny_run):
         for m in ("datamodels", "random", "full"):
             for t in ("test", "shifted"):
                 assert group["methods"][m][t]["mean"][col] == made_one["methods"][m]["accuracy"][t]["mean"], (k, m, t)
+
+
+def test_select_adds_methods_under_one_protocol_and_refuses_another(tiny_run, tmp_path):
+    """A second call at the same budget keeps the first call's methods; another protocol is refused, not
+    written over."""
+    out = tmp_path / "sel"
+    first = select_run(tiny_run, "shifted", 60, ["datamodels"], retrain=1, out=out, progress=False)
+    both = select_run(tiny_run, "shifted", 60, ["random", "full"], retrain=1, out=out, progress=False)
+    assert list(both["methods"]) == ["datamodels", "random", "full"]
+    assert both["methods"]["datamodels"] == first["methods"]["datamodels"]
+    with np.load(both["masks"]) as z:
+        assert sorted(z.files) == ["datamodels", "full", "random"]
+        dsdm = z["datamodels"]
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(DatamodelsError, match=r"retrain = 1 there, 3 now.*--out DIR"):
+        select_run(tiny_run, "shifted", 60, ["datamodels"], retrain=3, out=out, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    with np.load(both["masks"]) as z:
+        assert np.array_equal(z["datamodels"], dsdm)

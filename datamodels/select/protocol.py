@@ -122,6 +122,25 @@ def parse_trainer_overrides(items) -> dict:
     return out
 
 
+def _earlier_methods(summary_path: Path, masks_path: Path, protocol: dict) -> tuple[dict, dict]:
+    """(summary entries, masks) of the methods an earlier selection with this protocol stored here: a new
+    call adds its methods to them. A selection stored here under another protocol is refused, not replaced."""
+    if not summary_path.is_file():
+        return {}, {}
+    old = json.loads(summary_path.read_text())
+    if old.get("protocol") != protocol:
+        was = old.get("protocol", {})
+        diff = "; ".join(f"{key} = {was.get(key)!r} there, {value!r} now" for key, value in protocol.items()
+                         if was.get(key) != value)
+        raise DatamodelsError(f"a selection at {summary_path} was made under another protocol ({diff}); pass "
+                              "--out DIR to keep both, or remove that file to replace it.")
+    masks = {}
+    if masks_path.is_file():
+        with np.load(masks_path) as z:
+            masks = {m: z[m] for m in z.files}
+    return old.get("methods", {}), masks
+
+
 def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
                seed: int = 0, temperature: float = 1.0, progress: bool = True, retrain_with=None) -> dict:
     """Select a subset per method for `target_set` of a fitted run, retrain, and summarise (module doc).
@@ -132,8 +151,11 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
 
     Writes OUT/{stem}.npz (every method's masks bool[D, n]) and OUT/{stem}.json
     (the summary, also returned), stem = {target_set}-k{k}, plus -FIELD=VALUE
-    for each retrain_with field; OUT defaults to RUN/select. Retrained margins
-    are cached in RUN/select/cache.
+    for each retrain_with field; OUT defaults to RUN/select. Methods already
+    stored there under the same protocol are kept beside the new ones; a
+    selection stored there under another protocol (retrain count, seed,
+    temperature) is refused, not replaced. Retrained margins are cached in
+    RUN/select/cache.
     """
     from ..experiment import Run, open_run
     from ..report import attribution
@@ -157,6 +179,24 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
     held_out = [t for t in attr.target_sets if t.name != "train"]
     eval_columns = {t.name: t.start + split_halves(t.stop - t.start, seed)[1] for t in held_out}
 
+    out_dir = Path(out) if out is not None else run.path / "select"
+    stem = f"{target_set}-k{k}" + "".join(f"-{key}={value}" for key, value in sorted(overrides.items()))
+    summary_path, masks_path = out_dir / f"{stem}.json", out_dir / f"{stem}.npz"
+    offset = max(SELECT_OFFSET, store.n_models)
+    protocol = {
+        "split_seed": int(seed),
+        "selection_half": int(len(sel)),
+        "evaluation_half": int(len(ev)),
+        "selection_uses": f"datamodels (and images, for similarity) of the selection half of {target_set!r}",
+        "accuracy_on": "the evaluation half of every held-out target set, share with margin > 0",
+        "retrain": int(retrain),
+        "retrain_with": {key: overrides[key] for key in sorted(overrides)},
+        "seeds": f"model indices {offset}..{offset + max(int(retrain), 1) - 1}, paired across methods",
+        "randomised_methods": "a fresh draw per retrained model",
+        "temperature": float(temperature),
+    }
+    earlier = _earlier_methods(summary_path, masks_path, protocol)  # refuses a clash before anything is written
+
     data = load_train_data(run.spec, run.data_dir)
     obj_sel = TargetObjective.from_attribution(attr, columns[sel])
     obj_eval = TargetObjective.from_attribution(attr, columns[ev])
@@ -165,16 +205,12 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
                             target_x=data.target_x[columns[sel]].cpu().numpy(), draws=draws, seed=seed,
                             temperature=temperature)
 
-    out_dir = Path(out) if out is not None else run.path / "select"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"{target_set}-k{k}" + "".join(f"-{key}={value}" for key, value in sorted(overrides.items()))
-    masks_path = out_dir / f"{stem}.npz"
     tmp = out_dir / f"{stem}.partial.npz"
-    np.savez(tmp, **chosen)
+    np.savez(tmp, **{**earlier[1], **chosen})
     tmp.replace(masks_path)
 
-    offset = max(SELECT_OFFSET, store.n_models)
-    summary_methods = {}
+    summary_methods = dict(earlier[0])
     for m, masks in chosen.items():
         entry = {
             "size": int(masks[0].sum()),
@@ -199,22 +235,10 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
         "budget": float(budget),
         "k": int(k),
         "n_train": int(store.n_train),
-        "protocol": {
-            "split_seed": int(seed),
-            "selection_half": int(len(sel)),
-            "evaluation_half": int(len(ev)),
-            "selection_uses": f"datamodels (and images, for similarity) of the selection half of {target_set!r}",
-            "accuracy_on": "the evaluation half of every held-out target set, share with margin > 0",
-            "retrain": int(retrain),
-            "retrain_with": {key: overrides[key] for key in sorted(overrides)},
-            "seeds": f"model indices {offset}..{offset + max(int(retrain), 1) - 1}, paired across methods",
-            "randomised_methods": "a fresh draw per retrained model",
-            "temperature": float(temperature),
-        },
-        "methods": summary_methods,
+        "protocol": protocol,
+        "methods": {m: summary_methods[m] for m in METHODS if m in summary_methods},
         "masks": str(masks_path),
     }
-    summary_path = out_dir / f"{stem}.json"
     summary["summary"] = str(summary_path)
     tmp = out_dir / f"{stem}.json.partial"
     tmp.write_text(json.dumps(summary, indent=1))
