@@ -122,7 +122,7 @@ def plot_examples(path: Path, run, summary: dict, n: int = 12) -> None:
     from datamodels.select import TargetObjective, split_halves
 
     attr = attribution(run)
-    cols = attr._columns(["shifted"])
+    cols = attr.columns(["shifted"])
     sel = split_halves(len(cols), summary["protocol"]["split_seed"])[0]
     w = TargetObjective.from_attribution(attr, cols[sel]).margin_weights()  # [n]
     train_x, train_y = load_display_split(run.spec.data, run.data_dir, "train")

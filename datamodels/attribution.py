@@ -201,9 +201,10 @@ class Attribution:
 
         sets: keep only these target sets' columns, in the order given (None: all).
         """
-        return self.coef[:, self._columns(sets)].astype(np.float32)
+        return self.coef[:, self.columns(sets)].astype(np.float32)
 
-    def _columns(self, sets: Sequence[str] | None) -> np.ndarray:
+    def columns(self, sets: Sequence[str] | None) -> np.ndarray:
+        """int64[k']: the positions of target sets `sets` (all when None) among the fitted targets."""
         if sets is None:
             return np.arange(self.n_targets)
         cols = []
@@ -222,7 +223,7 @@ class Attribution:
         path = Path(path)
         stem = path.with_suffix("") if path.suffix in (".npy", ".json") else path
         npy, side = stem.with_suffix(".npy"), stem.with_suffix(".json")
-        cols = self._columns(sets)
+        cols = self.columns(sets)
         S = self.coef[:, cols].astype(np.float32)
         npy.parent.mkdir(parents=True, exist_ok=True)
         tmp = npy.with_name(npy.name + ".partial")
@@ -382,7 +383,7 @@ class Attribution:
         n_components: project onto the top principal components (rows centred
         first), d = n_components; else d = n_train.
         """
-        E = self.coef[:, self._columns(sets)].T.copy()
+        E = self.coef[:, self.columns(sets)].T.copy()
         if normalize:
             nrm = np.linalg.norm(E, axis=1, keepdims=True)
             E = np.divide(E, nrm, out=np.zeros_like(E), where=nrm > 0)

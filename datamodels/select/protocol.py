@@ -174,7 +174,7 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
     attr = attribution(run)  # raises, in one sentence, when the run has no fit
     if target_set == "train":
         raise DatamodelsError("target set = 'train' is the training pool itself; select for a held-out target set.")
-    columns = attr._columns([target_set])  # raises when the fit has no such set
+    columns = attr.columns([target_set])  # raises when the fit has no such set
     sel, ev = split_halves(len(columns), seed)
     held_out = [t for t in attr.target_sets if t.name != "train"]
     eval_columns = {t.name: t.start + split_halves(t.stop - t.start, seed)[1] for t in held_out}
