@@ -118,7 +118,7 @@ def plot_examples(path: Path, run, summary: dict, n: int = 12) -> None:
     import matplotlib.pyplot as plt
 
     from datamodels.data import load_display_split
-    from datamodels.report import _show, attribution
+    from datamodels.report import attribution, show_image
     from datamodels.select import TargetObjective, split_halves
 
     attr = attribution(run)
@@ -145,7 +145,7 @@ def plot_examples(path: Path, run, summary: dict, n: int = 12) -> None:
         for c in range(n):
             ax = axes[r, c]
             if c < len(xs):
-                _show(ax, xs[c])
+                show_image(ax, xs[c])
                 ax.set_title(f"{ys[c]}" + ("" if ws is None else f" {ws[c]:+.3f}"), fontsize=6)
             else:
                 ax.axis("off")

@@ -70,7 +70,7 @@ def _target_images(run: Run):
     return np.concatenate(xs), np.concatenate(ys), splits["train"][0], splits["train"][1]
 
 
-def _show(ax, img: np.ndarray) -> None:
+def show_image(ax, img: np.ndarray) -> None:
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[0] in (1, 3):
         img = np.moveaxis(img, 0, -1)
@@ -90,14 +90,14 @@ def plot_influencers(path, target_img, target_label, infl: dict, train_x, train_
 
     fig, axes = plt.subplots(2, n + 1, figsize=(1.6 * (n + 1), 3.6))
     for row, key in enumerate(("positive", "negative")):
-        _show(axes[row, 0], target_img)
+        show_image(axes[row, 0], target_img)
         axes[row, 0].set_title(f"target {infl['target']}\nlabel {target_label}", fontsize=8)
         for c in range(n):
             ax = axes[row, c + 1]
             ax.axis("off")
             if c < len(infl[key]):
                 e = infl[key][c]
-                _show(ax, train_x[e["train_index"]])
+                show_image(ax, train_x[e["train_index"]])
                 ax.axis("on")
                 ax.set_title(f"#{e['train_index']} y={train_y[e['train_index']]}\nw={e['weight']:+.3f}", fontsize=7)
         axes[row, 1].set_ylabel(f"top {key}", fontsize=8)
@@ -121,7 +121,7 @@ def plot_influencer_grid(path, rows: list, train_x, train_y, n: int = 5) -> None
     fig, axes = plt.subplots(len(rows), cols, figsize=(1.25 * cols, 1.6 * len(rows)), squeeze=False)
     for r, (img, label, infl) in enumerate(rows):
         ax = axes[r, 0]
-        _show(ax, img)
+        show_image(ax, img)
         ax.set_title(f"target {infl['target']}\nlabel {label}", fontsize=7)
         for side, key in enumerate(("positive", "negative")):
             for c in range(n):
@@ -129,7 +129,7 @@ def plot_influencer_grid(path, rows: list, train_x, train_y, n: int = 5) -> None
                 ax.axis("off")
                 if c < len(infl[key]):
                     e = infl[key][c]
-                    _show(ax, train_x[e["train_index"]])
+                    show_image(ax, train_x[e["train_index"]])
                     ax.axis("on")
                     ax.set_title(f"#{e['train_index']} y={train_y[e['train_index']]}\nw={e['weight']:+.3f}",
                                  fontsize=6, color="tab:green" if key == "positive" else "tab:red")
