@@ -71,6 +71,7 @@ def _target_images(run: Run):
 
 
 def show_image(ax, img: np.ndarray) -> None:
+    """One image on `ax`, scaled to its own range, without ticks: [H, W] in grey, [C, H, W] or [H, W, C]."""
     img = np.asarray(img)
     if img.ndim == 3 and img.shape[0] in (1, 3):
         img = np.moveaxis(img, 0, -1)
