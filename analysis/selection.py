@@ -127,19 +127,21 @@ def plot_examples(path: Path, run, summary: dict, n: int = 12) -> None:
     w = TargetObjective.from_attribution(attr, cols[sel]).margin_weights()  # [n]
     train_x, train_y = load_display_split(run.spec.data, run.data_dir, "train")
     shift_x, shift_y = load_display_split(run.spec.data, run.data_dir, "shifted")
-    masks = np.load(summary["masks"])
-    dsdm, acc = masks["datamodels"][0], masks["datamodels_acc"][0]
-    by_w = np.argsort(-w, kind="stable")
+    with np.load(summary["masks"]) as masks:
+        dsdm, acc = masks["datamodels"][0], masks["datamodels_acc"][0]
+    by_w = np.argsort(-w, kind="stable")  # largest mean weight first
     swapped_in = [i for i in by_w if acc[i] and not dsdm[i]]
     swapped_out = [i for i in by_w[::-1] if dsdm[i] and not acc[i]]
+
+    def pool_row(title, idx):
+        idx = np.asarray(idx[:n], dtype=np.int64)
+        return title, train_x[idx], train_y[idx], w[idx]
+
     rows = [("shifted targets (selection half)", shift_x[sel[:n]], shift_y[sel[:n]], None),
-            ("largest weight: DsDm's first picks", train_x[by_w[:n]], train_y[by_w[:n]], w[by_w[:n]]),
-            ("smallest weight: DsDm's first exclusions", train_x[by_w[::-1][:n]], train_y[by_w[::-1][:n]],
-             w[by_w[::-1][:n]]),
-            (f"datamodels_acc swapped in ({len(swapped_in)})", train_x[swapped_in[:n]], train_y[swapped_in[:n]],
-             w[swapped_in[:n]]),
-            (f"datamodels_acc swapped out ({len(swapped_out)})", train_x[swapped_out[:n]], train_y[swapped_out[:n]],
-             w[swapped_out[:n]])]
+            pool_row("largest weight: DsDm's first picks", by_w),
+            pool_row("smallest weight: DsDm's first exclusions", by_w[::-1]),
+            pool_row(f"datamodels_acc swapped in ({len(swapped_in)})", swapped_in),
+            pool_row(f"datamodels_acc swapped out ({len(swapped_out)})", swapped_out)]
     fig, axes = plt.subplots(len(rows), n, figsize=(n * 0.9, len(rows) * 1.25))
     for r, (title, xs, ys, ws) in enumerate(rows):
         for c in range(n):
