@@ -17,13 +17,12 @@ from typing import Any
 
 from .errors import SpecError
 
-DATASETS = ("digits", "cifar10")
 SAMPLERS = ("fixed", "bernoulli")
 MODELS = ("linear", "mlp", "cnn", "resnet9")
 TRAINERS = ("batched", "ffcv")
 INITS = ("per_model", "shared")
 LR_SCHEDULES = ("constant", "triangle")
-TARGET_SETS = ("test", "train", "shifted")
+NORMALIZATIONS = ("none", "standardize")
 
 
 @dataclass(frozen=True)
@@ -45,14 +44,55 @@ class Experiment:
 
 @dataclass(frozen=True)
 class Data:
+    # a built-in ("digits", "cifar10", "arrays": .npz files, "folder": class-subfolder
+    # images) or your own "package.module:Class" (see datamodels.data.base.Dataset)
     dataset: str = "digits"
-    n_train: int = 1300  # size of the training pool; the rest of the dataset becomes the target set
+    # size of the training pool; 0: the dataset's own (digits 1,300, CIFAR-10 50,000,
+    # files: every example of data.pool); the rest of a built-in dataset becomes its targets
+    n_train: int = 0
     split_seed: int = 0
     root: str = ""  # local folder with the raw dataset (cifar10: the python-pickle archive)
+    # file datasets: the pool's file (.npz) or folder, and one per target set; relative
+    # paths are taken from the spec file's folder
+    pool: str = ""
+    targets: dict[str, str] = field(default_factory=dict, hash=False)
+    # "none", or "standardize": centred and scaled with the pool's mean and std (per
+    # feature, or per channel of images), the same statistics for every target set
+    normalize: str = "none"
+    image_size: tuple[int, ...] = ()  # folder: every image is resized to [H, W]
+    channels: int = 3  # folder: 1 (grayscale) or 3 (RGB)
 
     def validate(self) -> None:
-        _check(self.dataset in DATASETS, "data.dataset", self.dataset, f"must be one of {DATASETS}")
-        _check(self.n_train >= 2, "data.n_train", self.n_train, "must be at least 2")
+        from .data.base import DATASETS
+
+        _wrap(DATASETS.check, self.dataset)
+        _check(self.n_train == 0 or self.n_train >= 2, "data.n_train", self.n_train,
+               "must be 0 (the dataset's own pool) or at least 2")
+        _check(self.normalize in NORMALIZATIONS, "data.normalize", self.normalize, f"must be one of {NORMALIZATIONS}")
+        _check(self.channels in (1, 3), "data.channels", self.channels, "must be 1 (grayscale) or 3 (RGB)")
+        _check(len(self.image_size) in (0, 2) and all(s >= 1 for s in self.image_size), "data.image_size",
+               list(self.image_size), "must be [H, W] with positive sizes")
+        for name in self.targets:
+            _check(name != "train" and name.strip() != "" and name == name.strip(), "data.targets", name,
+                   "must name a target set other than 'train' (the pool itself), without surrounding spaces")
+
+    def with_paths_from(self, base: Path) -> "Data":
+        """A copy with relative data.pool / data.targets taken from folder `base` (made absolute)."""
+        def absolute(p: str) -> str:
+            return p if not p or Path(p).expanduser().is_absolute() else str((base / p).resolve())
+
+        return dataclasses.replace(self, pool=absolute(self.pool),
+                                   targets={k: absolute(v) for k, v in self.targets.items()})
+
+    def target_sets(self) -> tuple[str, ...] | None:
+        """The target sets a built-in dataset offers besides "train" (None: known only when it is built)."""
+        from .data.base import DATASETS
+
+        if self.dataset in ("arrays", "folder"):
+            return tuple(self.targets)
+        if DATASETS.is_builtin(self.dataset):
+            return DATASETS.load(self.dataset)(self).target_sets()
+        return None
 
 
 @dataclass(frozen=True)
@@ -120,16 +160,15 @@ class Trainer:
 @dataclass(frozen=True)
 class Targets:
     # Named target sets whose margins every model records, in this order:
-    # "test" is the held-out split; "train" is the training pool itself
-    # (train-set datamodels, for leakage and near-duplicates); "shifted" (digits
-    # only) is the held-out split translated one pixel right, a target
-    # distribution for subset selection (datamodels.data.digits).
+    # "train" is the training pool itself (train-set datamodels, for leakage and
+    # near-duplicates); the others are the dataset's: "test" (the held-out
+    # split) for digits and CIFAR-10, "shifted" (digits: the held-out split
+    # translated one pixel right, a target distribution for subset selection),
+    # or the names in data.targets for file datasets.
     sets: tuple[str, ...] = ("test",)
 
     def validate(self) -> None:
         _check(len(self.sets) >= 1, "targets.sets", list(self.sets), "must name at least one target set")
-        for s in self.sets:
-            _check(s in TARGET_SETS, "targets.sets", s, f"must be one of {TARGET_SETS}")
         _check(len(set(self.sets)) == len(self.sets), "targets.sets", list(self.sets), "must not repeat a set")
 
 
@@ -184,8 +223,11 @@ class Spec:
             self.fit.holdout,
             f"must be smaller than experiment.n_models ({self.experiment.n_models})",
         )
-        _check("shifted" not in self.targets.sets or self.data.dataset == "digits", "targets.sets", "shifted",
-               f"exists only for data.dataset = 'digits', not {self.data.dataset!r}")
+        offered = self.data.target_sets()
+        for s in self.targets.sets:
+            _check(offered is None or s == "train" or s in offered, "targets.sets", s,
+                   f"is not a target set of data.dataset = {self.data.dataset!r} (it has "
+                   f"{['train', *offered] if offered is not None else []})")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -217,6 +259,8 @@ def toml_text(sections: dict[str, dict[str, Any]]) -> str:
             return json.dumps(v)  # a JSON string is a valid TOML basic string
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(str(k))} = {value(x)}" for k, x in v.items()) + " }"
         return repr(v)
 
     lines = []
@@ -228,7 +272,17 @@ def toml_text(sections: dict[str, dict[str, Any]]) -> str:
 
 
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    return {k: list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def _wrap(check, value) -> None:
+    """Run a registry's name check, raising its sentence as a SpecError."""
+    from .errors import DatamodelsError
+
+    try:
+        check(value)
+    except DatamodelsError as e:
+        raise SpecError(str(e)) from None
 
 
 def _check(ok: bool, field_name: str, value: Any, why: str) -> None:
@@ -254,6 +308,11 @@ def _coerce_section(section: str, raw: Any) -> dict[str, Any]:
 
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     origin = typing.get_origin(hint)
+    if origin is dict:
+        (_key, inner) = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise SpecError(f"{name} = {value!r} must be a table, e.g. {{ test = \"test.npz\" }}.")
+        return {str(k): _coerce(f"{name}.{k}", inner, v) for k, v in value.items()}
     if origin is tuple:
         (inner, _ellipsis) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
@@ -275,13 +334,16 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     return value
 
 
-def spec_from_dict(raw: dict[str, Any]) -> Spec:
+def spec_from_dict(raw: dict[str, Any], base: Path | None = None) -> Spec:
+    """The spec of a parsed TOML table; relative data file paths are taken from folder `base` when given."""
     if not isinstance(raw, dict):
         raise SpecError(f"the spec must be a table of sections, got {raw!r}.")
     for section in raw:
         if section not in SECTIONS:
             raise SpecError(f"[{section}] is not a known section (known: {', '.join(SECTIONS)}).")
     sections = {name: SECTIONS[name](**_coerce_section(name, raw.get(name, {}))) for name in SECTIONS}
+    if base is not None:
+        sections["data"] = sections["data"].with_paths_from(base)
     return Spec(**sections).validate()
 
 
@@ -293,7 +355,7 @@ def load_spec(path: str | Path) -> Spec:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SpecError(f"spec file {str(path)!r} is not valid TOML ({e}).") from None
-    return spec_from_dict(raw)
+    return spec_from_dict(raw, base=path.resolve().parent)
 
 
 def diff_specs(a: dict[str, Any], b: dict[str, Any]) -> list[str]:

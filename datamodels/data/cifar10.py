@@ -20,9 +20,9 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DatamodelsError
+from .base import SplitArrays
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILE = "test_batch"
@@ -58,30 +58,36 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(images), np.asarray(labels, dtype=np.int64)
 
 
-def cifar10_arrays(data_spec) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (uint8[n_train, 32, 32, 3], int64[n_train]), "test": (uint8[10000, ...], ...)}."""
-    path = _archive_dir(data_spec.root)
-    parts = [_read_batch(path / f) for f in TRAIN_FILES]
-    x = np.concatenate([p[0] for p in parts])
-    y = np.concatenate([p[1] for p in parts])
-    if data_spec.n_train > len(y):
-        raise DatamodelsError(f"data.n_train = {data_spec.n_train} exceeds the {len(y)} CIFAR-10 training images.")
-    return {"train": (x[: data_spec.n_train], y[: data_spec.n_train]), "test": _read_batch(path / TEST_FILE)}
+class Cifar10:
+    """``data.dataset = "cifar10"``: the pool from data_batch_1..5, the target set "test" (test_batch)."""
+
+    def __init__(self, data_spec):
+        self.spec = data_spec
+
+    def target_sets(self) -> tuple[str, ...]:
+        return ("test",)
+
+    def inputs(self) -> list[Path]:
+        path = _archive_dir(self.spec.root)
+        return [path / f for f in (*TRAIN_FILES, TEST_FILE)]
+
+    def split(self, name: str) -> SplitArrays:
+        path = _archive_dir(self.spec.root)
+        if name == "test":
+            return SplitArrays(*_read_batch(path / TEST_FILE), {})
+        parts = [_read_batch(path / f) for f in TRAIN_FILES]
+        x = np.concatenate([p[0] for p in parts])
+        y = np.concatenate([p[1] for p in parts])
+        n = self.spec.n_train or len(y)
+        if n > len(y):
+            raise DatamodelsError(f"data.n_train = {n} exceeds the {len(y)} CIFAR-10 training images.")
+        return SplitArrays(x[:n], y[:n], {})  # uint8 HWC kept as stored: 3 KB per image
 
 
-def build_cifar10(data_spec, data_dir) -> dict[str, Path]:
-    """Write {train, test}.beton under data_dir from the archive in data_spec.root."""
-    from . import beton_paths
-    from .beton import write_array_beton
-
-    paths = beton_paths(data_dir)
-    for split, (x, y) in cifar10_arrays(data_spec).items():
-        write_array_beton(paths[split], x, y)  # uint8 HWC kept as stored: 3 KB per image
-    return paths
-
-
-def to_float_images(x: torch.Tensor) -> torch.Tensor:
+def to_float_images(x: "torch.Tensor") -> "torch.Tensor":
     """uint8[N, 32, 32, 3] -> float32[N, 3, 32, 32] normalised per channel (channels-last memory)."""
+    import torch
+
     mean = torch.tensor(MEAN, device=x.device)
     std = torch.tensor(STD, device=x.device)
     return ((x.float() - mean) / std).permute(0, 3, 1, 2)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import SplitArrays
+
 # Why a one-pixel translation: models on raw pixels (the MLP and linear models
 # here) are not translation invariant, so the shift is large (analysis/selection.py:
 # MLPs trained on the whole pool score 0.99 on the held-out digits and 0.50 on
@@ -58,3 +60,28 @@ def digits_arrays(n_train: int, split_seed: int) -> dict[str, tuple[np.ndarray, 
     mean = x_train.mean(axis=0, keepdims=True)
     std = x_train.std() + 1e-6
     return {s: ((x - mean) / std, y) for s, (x, y) in raw.items()}
+
+
+DEFAULT_N_TRAIN = 1300  # data.n_train = 0: the pool is 1,300 digits, the other 497 are the targets
+
+
+class Digits:
+    """``data.dataset = "digits"``: target sets "test" (the held-out digits) and "shifted"."""
+
+    def __init__(self, data_spec):
+        self.n_train = data_spec.n_train or DEFAULT_N_TRAIN
+        self.split_seed = data_spec.split_seed
+
+    def target_sets(self) -> tuple[str, ...]:
+        return ("test", "shifted")
+
+    def inputs(self) -> list:
+        return []  # ships inside scikit-learn
+
+    def split(self, name: str) -> SplitArrays:
+        x, y = digits_arrays(self.n_train, self.split_seed)[name]
+        return SplitArrays(x, y, {})
+
+    def display(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Raw 0..1 images: the stored ones are centred per pixel, which hides the digit."""
+        return digits_raw(self.n_train, self.split_seed)[name]

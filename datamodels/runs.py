@@ -1,7 +1,9 @@
 """A run directory: the spec, the dataset files, the store and the fitted datamodels together.
 
-    RUN/spec.toml          the spec the store was made from (a copy)
+    RUN/spec.toml          the spec the store was made from (a copy; with absolute data paths)
     RUN/data/*.beton       training pool and target sets
+    RUN/data/*.meta.npz    per-example metadata columns (group, source, ...), where the data has them
+    RUN/data/dataset.json  input files' content hashes, normalisation (also in the store's attrs)
     RUN/store.zarr         masks, margins, done flags (datamodels.store)
     RUN/datamodels.zarr    fitted weights (datamodels.regress)
     RUN/report/            plots and summary
@@ -13,8 +15,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .data import beton_path, build_dataset, splits_for
+from .data import beton_path, build_dataset, load_metadata, load_record, splits_for
+from .data.inputs import check_inputs
 from .errors import StoreError
+from .io import write_text
 from .spec import Spec, load_spec
 from .store import Store, TargetSet
 
@@ -56,6 +60,17 @@ class Run:
     def store(self, mode: str = "r+") -> Store:
         return Store.open(self.store_path, self.spec, mode=mode)
 
+    def metadata(self, split: str = "train") -> dict:
+        """Per-example metadata columns of a split ("train": the pool): column -> int/bool/str[n]."""
+        return load_metadata(self.data_dir, split)
+
+    def check_inputs(self, missing_ok: bool = True) -> None:
+        """Refuse, in one sentence naming the file, an input file whose content changed since init.
+
+        missing_ok: inputs that are gone are fine (the run keeps its own .beton files).
+        """
+        check_inputs(load_record(self.data_dir).get("inputs", {}), self.path, missing_ok)
+
 
 def target_sets(spec: Spec, data_dir: Path) -> tuple[int, list[TargetSet]]:
     """(n_train, target sets with their column ranges in the margins array)."""
@@ -78,17 +93,23 @@ def init_run(spec_path: str | Path, out: str | Path, force: bool = False) -> Run
     run = Run(Path(out))
     if run.store_path.exists() and not force:
         Store.open(run.store_path, spec)  # raises, naming the fields, if the spec differs
+        run.check_inputs(missing_ok=False)
         return run
     if force and run.path.exists():
-        for p in (run.store_path, run.fit_path, run.report_dir):
+        for p in (run.store_path, run.fit_path, run.report_dir, run.data_dir):
             if p.exists():
                 shutil.rmtree(p)
     run.path.mkdir(parents=True, exist_ok=True)
-    if Path(spec_path).resolve() != run.spec_path.resolve():
+    if spec.data.pool or spec.data.targets:
+        # relative data paths were taken from the spec's folder: the copy holds them absolute
+        write_text(run.spec_path, f"# written by `datamodels init` from {str(Path(spec_path).resolve())!r}\n"
+                   + spec.to_toml())
+    elif Path(spec_path).resolve() != run.spec_path.resolve():
         shutil.copyfile(spec_path, run.spec_path)
     build_dataset(spec.data, run.data_dir, splits_for(spec))
     n_train, targets = target_sets(spec, run.data_dir)
-    Store.create(run.store_path, spec, n_train, targets, force=force)
+    store = Store.create(run.store_path, spec, n_train, targets, force=force)
+    store.group.attrs["data"] = load_record(run.data_dir)
     return run
 
 
