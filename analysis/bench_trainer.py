@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from datamodels.data import build_dataset  # noqa: E402
-from datamodels.masks import sample_masks  # noqa: E402
+from datamodels.seeds import sample_masks  # noqa: E402
 from datamodels.spec import load_spec  # noqa: E402
 from datamodels.train import load_train_data, train_block  # noqa: E402
 from datamodels.train.reference import train_one  # noqa: E402

@@ -220,11 +220,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     name = "selection"
 
-    from datamodels.experiment import init_run
+    from datamodels.runs import init_run
     from datamodels.regress import fit_store
     from datamodels.report import heldout_predictions
-    from datamodels.run.local import run_local
-    from datamodels.select import METHODS, select_run
+    from datamodels.exec.local import run_local
+    from datamodels.select import METHODS, select_subsets
     from datamodels.spec import load_spec
 
     spec_path = Path(a.spec)
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     store = run.store(mode="r")
     lds_per_set = {t.name: round(float(np.nanmean(res.per_target[t.start:t.stop])), 4) for t in store.targets}
 
-    summaries = {b: select_run(run, "shifted", b, METHODS, retrain=a.retrain, progress=progress) for b in budgets}
+    summaries = {b: select_subsets(run, "shifted", b, METHODS, retrain=a.retrain, progress=progress) for b in budgets}
     t_select = time.time() - t0 - t_train - t_fit
     n_eval = summaries[budgets[0]]["protocol"]["evaluation_half"]
 

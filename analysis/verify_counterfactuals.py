@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     from datamodels.attribution import Attribution
     from datamodels.evaluate import VERIFY_OFFSET, verify_removals
-    from datamodels.experiment import open_run
+    from datamodels.runs import open_run
     from datamodels.regress import Datamodels
 
     run = open_run(a.run)

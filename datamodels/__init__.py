@@ -1,7 +1,7 @@
 """Datamodels: train many models on random subsets, store their margins, fit one sparse
 linear datamodel per target, and query which training examples drive a prediction.
 
-Entry points: the `datamodels` command (datamodels.cli), datamodels.experiment
+Entry points: the `datamodels` command (datamodels.cli), datamodels.runs
 (run directories), datamodels.regress.Datamodels (the estimator) and
 datamodels.attribution.Attribution (queries).
 """

@@ -99,8 +99,8 @@ class Attribution:
 
     @classmethod
     def from_run(cls, run, labels: bool = True) -> "Attribution":
-        """From a run directory (path or :class:`datamodels.experiment.Run`) with a finished fit."""
-        from .experiment import Run, open_run
+        """From a run directory (path or :class:`datamodels.runs.Run`) with a finished fit."""
+        from .runs import Run, open_run
         from .report import load_fit
 
         run = run if isinstance(run, Run) else open_run(run)
@@ -503,6 +503,6 @@ def parse_index_list(text: str, name: str) -> np.ndarray:
         if arr.dtype == bool:
             return np.flatnonzero(arr)
         return arr.astype(np.int64).reshape(-1)
-    from .run.blocks import parse_indices
+    from .exec.blocks import parse_indices
 
     return parse_indices(text, name)

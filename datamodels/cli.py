@@ -21,7 +21,7 @@ def _print_json(obj) -> None:
 
 # ---------------------------------------------------------------------- commands
 def cmd_init(a) -> int:
-    from .experiment import init_run
+    from .runs import init_run
 
     run = init_run(a.spec, a.run, force=a.force)
     st = run.store().status()
@@ -30,11 +30,11 @@ def cmd_init(a) -> int:
 
 
 def cmd_run(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
 
     run = open_run(a.run)
     if a.executor == "local":
-        from .run.local import run_local
+        from .exec.local import run_local
 
         st = run_local(run, workers=a.workers, progress=not a.quiet)
         print(f"{st['done']} of {st['n_models']} models done ({st['written']} written now, {st['failed']} failed rows)")
@@ -43,18 +43,18 @@ def cmd_run(a) -> int:
         for e in st["errors"]:
             print(f"worker error: {e}", file=sys.stderr)
         return 0 if st["missing"] == 0 else 1
-    from .run.slurm import run_slurm_cli
+    from .exec.slurm import run_slurm_cli
 
     return run_slurm_cli(run, a)
 
 
 def cmd_status(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
 
     run = open_run(a.run)
     store = run.store(mode="r")
     st = store.status()
-    from .run.slurm import job_states
+    from .exec.slurm import job_states
 
     st.update(job_states(store))
     fails = store.failures()
@@ -69,7 +69,7 @@ def cmd_status(a) -> int:
 
 
 def cmd_fit(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
     from .regress import fit_store
 
     run = open_run(a.run)
@@ -86,7 +86,7 @@ def _median(x) -> float:
 
 
 def cmd_eval(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
     from .report import heldout_lds
 
     run = open_run(a.run)
@@ -100,7 +100,7 @@ def cmd_query(a) -> int:
     import numpy as np
 
     from .attribution import Attribution, parse_index_list
-    from .experiment import open_run
+    from .runs import open_run
 
     run = open_run(a.run)
     attr = Attribution.from_run(run)
@@ -149,7 +149,7 @@ def cmd_lds(a) -> int:
     """LDS against fresh subsets trained several times each, beside the held-out LDS of the store."""
     from .attribution import Attribution
     from .evaluate import GT_OFFSET, lds_ground_truth, train_ground_truth
-    from .experiment import open_run
+    from .runs import open_run
     from .report import heldout_lds
 
     run = open_run(a.run)
@@ -187,7 +187,7 @@ def cmd_verify(a) -> int:
 
     from .attribution import Attribution, parse_index_list
     from .evaluate import VERIFY_OFFSET, verify_removals
-    from .experiment import open_run
+    from .runs import open_run
 
     run = open_run(a.run)
     attr = Attribution.from_run(run, labels=False)
@@ -219,9 +219,9 @@ def cmd_verify(a) -> int:
 
 def cmd_select(a) -> int:
     """Choose a training subset per method for a target set at a budget, retrain each, summarise."""
-    from .select import METHODS, select_run
+    from .select import METHODS, select_subsets
 
-    res = select_run(a.run, target_set=a.target_set, budget=a.budget, methods=a.methods or METHODS,
+    res = select_subsets(a.run, target_set=a.target_set, budget=a.budget, methods=a.methods or METHODS,
                      retrain=a.retrain, out=a.out, seed=a.seed, temperature=a.temperature, progress=not a.quiet,
                      retrain_with=a.retrain_with)
     _print_json(res)
@@ -229,7 +229,7 @@ def cmd_select(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
     from .report import write_report
 
     run = open_run(a.run)
@@ -240,7 +240,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_consolidate(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
 
     run = open_run(a.run)
     store = run.store()
@@ -269,7 +269,7 @@ def cmd_import(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from .experiment import open_run
+    from .runs import open_run
     from .interop import export_fit, export_store
 
     run = open_run(a.run)
@@ -283,10 +283,10 @@ def cmd_export(a) -> int:
 
 def cmd_demo(a) -> int:
     """init -> run -> fit -> eval -> report on the built-in digits dataset, reusing what is done."""
-    from .experiment import init_run
+    from .runs import init_run
     from .regress import fit_store
     from .report import write_report
-    from .run.local import run_local
+    from .exec.local import run_local
 
     t0 = time.time()
     run = init_run(a.spec, a.out, force=a.force)
@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=("local", "slurm"), default="local")
     s.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores / threads)")
     s.add_argument("--quiet", action="store_true")
-    from .run.slurm import add_slurm_arguments
+    from .exec.slurm import add_slurm_arguments
 
     add_slurm_arguments(s)
     s.set_defaults(func=cmd_run)

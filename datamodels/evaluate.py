@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .errors import DatamodelsError
+from .seeds import GT_OFFSET, VERIFY_OFFSET, sample_mask
 
 
 def spearman_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -75,11 +76,6 @@ def lds(predicted: np.ndarray, actual: np.ndarray, alpha: float, runs_per_subset
 
 
 # ---------------------------------------------------------------------- ground truth by retraining
-# Model indices seed each model's init and data order (masks.model_rng(seed, index, stream=1)).
-# Fresh models for evaluation use indices far beyond any store's n_models, so their seeds
-# never coincide with a stored model's; ground truth and verification get separate ranges.
-GT_OFFSET = 1_000_000_000
-VERIFY_OFFSET = 2_000_000_000
 # trainer settings that change speed, not results (the batched trainer's models never mix)
 _NOT_RESULTS = ("threads", "models_per_batch", "device")
 
@@ -170,8 +166,6 @@ class GroundTruth:
 def ground_truth_design(seed: int, n: int, alpha: float, sampler: str, n_subsets: int, runs: int,
                         offset: int = GT_OFFSET) -> tuple[np.ndarray, np.ndarray]:
     """(masks bool[S, n], indices int64[S, R]) of the ground-truth protocol."""
-    from .masks import sample_mask
-
     if n_subsets < 3:
         raise DatamodelsError(f"subsets = {n_subsets} must be at least 3 for a rank correlation.")
     if runs < 1:
@@ -196,7 +190,7 @@ def train_ground_truth(spec, data_dir, cache_dir=None, n_subsets: int = 100, run
                               "so fresh models never reuse a stored model's seed.")
     e = spec.experiment
     if n_train is None:
-        from .experiment import beton_length
+        from .runs import beton_length
         from .data import beton_paths
 
         n_train = beton_length(beton_paths(data_dir)["train"])
@@ -260,8 +254,6 @@ def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, 
     job_target, job_size, job_base (int64[N], -1 for base models), predicted
     float64[T, len(sizes), B], removed int64[T, len(sizes), B] (set sizes used).
     """
-    from .masks import sample_mask
-
     targets = np.asarray([attr.check_target(int(t)) for t in targets], dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)
     if len(sizes) == 0 or (sizes < 1).any():

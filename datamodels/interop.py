@@ -48,7 +48,7 @@ def _load_npy(path, what: str, ndim: int) -> np.ndarray:
 
 def import_release(run_dir, masks, margins, train_margins=None, *, holdout: int = 0, dataset: str = "cifar10",
                    name: str = "imported", force: bool = False, progress: bool = True):
-    """Make a run directory from release files; returns the :class:`datamodels.experiment.Run`.
+    """Make a run directory from release files; returns the :class:`datamodels.runs.Run`.
 
     masks: path of bool[m, n]; margins: path of float[m, k] (the "test" target
     set); train_margins: optional path of float[m, n] (the "train" target set,
@@ -59,7 +59,7 @@ def import_release(run_dir, masks, margins, train_margins=None, *, holdout: int 
     """
     from tqdm.auto import tqdm
 
-    from .experiment import Run
+    from .runs import Run
 
     X = _load_npy(masks, "masks", 2)
     if X.dtype != np.bool_ and not (np.issubdtype(X.dtype, np.integer) and X.size and int(np.max(X[:64])) <= 1):

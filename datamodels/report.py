@@ -10,7 +10,7 @@ import numpy as np
 
 from .errors import DatamodelsError
 from .evaluate import LDSResult, lds
-from .experiment import Run
+from .runs import Run
 from .select.report import collect as collect_selections
 from .select.report import plot_selection
 

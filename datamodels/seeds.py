@@ -1,7 +1,22 @@
-"""Subset samplers: the training subset of model i is a pure function of (seed, i, sampler).
+"""Every seed of the engine: model generators, mask sampling, and the streams and index ranges.
 
-A worker never needs coordination to know its subset; the mask stored beside the
-margins is a record that the store checks, not an input.
+The training subset of model i is a pure function of (seed, i, sampler): a
+worker never needs coordination to know its subset; the mask stored beside the
+margins is a record that the store checks, not an input. Every stored run
+depends on these draws (tests/test_seeds.py pins a few), so a change here is a
+change of every run's masks.
+
+A model's generator is ``SeedSequence([seed, model index, stream])``:
+
+    stream 0 (MASK_STREAM)         its training subset
+    stream 1 (INIT_STREAM)         its initialisation and data order
+    stream 2 (SHARED_INIT_STREAM)  of model 0 only: the one init of trainer.init = "shared"
+
+Freshly trained models that are not rows of a store (evaluation, verification,
+selection) take model indices from ranges far beyond any store's n_models, so
+their seeds never coincide with a stored model's, nor with each other's.
+Selection's baselines reuse the (seed, draw, stream) scheme with draw in place
+of the model index.
 """
 
 from __future__ import annotations
@@ -12,10 +27,28 @@ from .errors import DatamodelsError
 
 SAMPLERS = ("fixed", "bernoulli")
 
+MASK_STREAM = 0
+INIT_STREAM = 1
+SHARED_INIT_STREAM = 2
 
-def model_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+# model index ranges of freshly trained models (the caller takes max(offset, store's n_models))
+GT_OFFSET = 1_000_000_000  # LDS ground truth
+SELECT_OFFSET = 1_500_000_000  # retraining a selected subset
+VERIFY_OFFSET = 2_000_000_000  # retrain-to-verify removals
+
+# streams of selection's random baselines, SeedSequence([seed, draw, stream]): random and balanced draws never coincide
+RANDOM_STREAM = 0
+BALANCED_STREAM = 1
+
+
+def model_rng(seed: int, index: int, stream: int = MASK_STREAM) -> np.random.Generator:
     """Independent generator per (seed, model index, stream); stream 0 draws the mask."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
+
+
+def split_rng(seed: int, size: int) -> np.random.Generator:
+    """The generator of the selection / evaluation split of a target set of `size` examples."""
+    return np.random.default_rng(np.random.SeedSequence([int(seed), int(size)]))
 
 
 def subset_size(n: int, alpha: float) -> int:
@@ -33,7 +66,7 @@ def sample_mask(seed: int, index: int, n: int, alpha: float, sampler: str = "fix
         raise DatamodelsError(f"sampler = {sampler!r} must be one of {SAMPLERS}.")
     if index < 0:
         raise DatamodelsError(f"model index = {index} must be non-negative.")
-    rng = model_rng(seed, index)
+    rng = model_rng(seed, index, MASK_STREAM)
     if sampler == "fixed":
         mask = np.zeros(n, dtype=bool)
         mask[rng.permutation(n)[: subset_size(n, alpha)]] = True

@@ -38,7 +38,7 @@ import numpy as np
 import zarr
 
 from .errors import StoreError
-from .masks import sample_mask
+from .seeds import sample_mask
 from .spec import Spec, diff_specs, spec_from_dict
 
 FORMAT_VERSION = 1

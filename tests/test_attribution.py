@@ -254,7 +254,7 @@ def test_shapes_are_checked():
 def fitted_run(tmp_path_factory):
     """The small digits run with hand-made weights saved in the fit format (no training needed)."""
     from conftest import SMALL, write_spec
-    from datamodels.experiment import init_run
+    from datamodels.runs import init_run
     from datamodels.regress import Datamodels
 
     tmp = tmp_path_factory.mktemp("q")
@@ -311,7 +311,7 @@ def test_cli_query_bad_input(fitted_run, tmp_path):
 
 def test_cli_store_without_fit(tmp_path):
     from conftest import SMALL, write_spec
-    from datamodels.experiment import init_run
+    from datamodels.runs import init_run
 
     run = init_run(write_spec(tmp_path / "s.toml", **SMALL), tmp_path / "run")
     for cmd in (("query", run.path, "--target", 0), ("lds", run.path), ("verify", run.path)):

@@ -10,7 +10,7 @@ import torch
 
 from datamodels.data import build_dataset, load_split
 from datamodels.errors import DatamodelsError
-from datamodels.masks import sample_masks
+from datamodels.seeds import sample_masks
 from datamodels.spec import Spec
 from datamodels.train import load_train_data, train_block
 

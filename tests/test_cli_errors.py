@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from datamodels.experiment import init_run, open_run
+from datamodels.runs import init_run, open_run
 from datamodels.store import Store
 
 from conftest import SMALL, assert_one_sentence, cli, write_spec

@@ -10,7 +10,7 @@ from datamodels.errors import DatamodelsError
 from datamodels.evaluate import (GroundTruth, actual_removal_effects, ground_truth_design, lds_ground_truth,
                                  noise_ceiling, removal_design, results_key, train_ground_truth, train_models,
                                  verify_removals)
-from datamodels.masks import sample_mask
+from datamodels.seeds import sample_mask
 from datamodels.spec import load_spec
 
 from conftest import SMALL, write_spec

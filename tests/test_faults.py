@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import SMALL, write_spec
-from datamodels.experiment import init_run
+from datamodels.runs import init_run
 from datamodels.store import Store
 
 N_REFERENCE = 500

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from datamodels.masks import sample_masks
+from datamodels.seeds import sample_masks
 from datamodels.regress import Datamodels
 
 

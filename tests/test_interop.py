@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from datamodels.errors import DatamodelsError
-from datamodels.experiment import open_run
+from datamodels.runs import open_run
 from datamodels.interop import export_fit, export_store, import_fit, import_release
 from datamodels.regress import Datamodels
 from datamodels.store import Store

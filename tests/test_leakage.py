@@ -28,9 +28,9 @@ N_TARGETS = 30  # test targets: the 6 planted images and 24 others
 def planted(tmp_path_factory):
     from datamodels.data.beton import write_array_beton
     from datamodels.data.digits import digits_arrays
-    from datamodels.experiment import init_run
+    from datamodels.runs import init_run
     from datamodels.regress import fit_store
-    from datamodels.run.worker import run_block
+    from datamodels.exec.worker import run_block
 
     tmp = tmp_path_factory.mktemp("leak")
     d = digits_arrays(N_ORIG, 0)

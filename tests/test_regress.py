@@ -114,7 +114,7 @@ def test_exclude_self_fits_only_models_without_the_example():
 
 
 def small_store(tmp_path, m=120, n=16, k=5, holdout=10, seed=0, sets=("test",)):
-    from datamodels.masks import sample_mask
+    from datamodels.seeds import sample_mask
     from datamodels.spec import Spec
     from datamodels.store import Store, TargetSet
 

@@ -11,7 +11,7 @@ import pytest
 
 from datamodels.errors import DatamodelsError, SpecError
 from datamodels.select import (METHODS, TargetObjective, balanced_subset, best_subset_brute_force, budget_size,
-                               random_subset, select_by_accuracy, select_by_margin, select_run, similarity_subset,
+                               random_subset, select_by_accuracy, select_by_margin, select_subsets, similarity_subset,
                                split_halves)
 from datamodels.select.baselines import balanced_quota, class_count_subset
 
@@ -162,9 +162,9 @@ TINY = dict(
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """500 linear models on halves of a 400-image digits pool, margins on test and shifted, fitted."""
-    from datamodels.experiment import init_run
+    from datamodels.runs import init_run
     from datamodels.regress import fit_store
-    from datamodels.run.worker import run_block
+    from datamodels.exec.worker import run_block
     from threadpoolctl import threadpool_limits
 
     tmp = tmp_path_factory.mktemp("select")
@@ -211,7 +211,7 @@ def test_cli_select_end_to_end(tiny_run):
     # resumable: the same request trains nothing again and answers the same
     cache = tiny_run.path / "select" / "cache"
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    again = select_run(tiny_run, "shifted", 100, METHODS, retrain=2, progress=False)
+    again = select_subsets(tiny_run, "shifted", 100, METHODS, retrain=2, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     assert again["methods"] == res["methods"]
 
@@ -271,7 +271,7 @@ def test_report_gathers_the_selections_by_recipe(tiny_run):
     """`datamodels report` adds every selection of the run: accuracy against budget, one group per recipe."""
     from datamodels.report import write_report
 
-    made = [select_run(tiny_run, "shifted", k, ["datamodels", "random", "full"], retrain=2, progress=False,
+    made = [select_subsets(tiny_run, "shifted", k, ["datamodels", "random", "full"], retrain=2, progress=False,
                        retrain_with=rw) for k, rw in ((100, None), (40, None), (40, {"lr": 0.5}))]
     summary = write_report(tiny_run)
     assert "selection.png" in summary["files"] and (tiny_run.report_dir / "selection.png").stat().st_size > 0
@@ -290,8 +290,8 @@ def test_select_adds_methods_under_one_protocol_and_refuses_another(tiny_run, tm
     """A second call at the same budget keeps the first call's methods; another protocol is refused, not
     written over."""
     out = tmp_path / "sel"
-    first = select_run(tiny_run, "shifted", 60, ["datamodels"], retrain=1, out=out, progress=False)
-    both = select_run(tiny_run, "shifted", 60, ["random", "full"], retrain=1, out=out, progress=False)
+    first = select_subsets(tiny_run, "shifted", 60, ["datamodels"], retrain=1, out=out, progress=False)
+    both = select_subsets(tiny_run, "shifted", 60, ["random", "full"], retrain=1, out=out, progress=False)
     assert list(both["methods"]) == ["datamodels", "random", "full"]
     assert both["methods"]["datamodels"] == first["methods"]["datamodels"]
     with np.load(both["masks"]) as z:
@@ -299,7 +299,7 @@ def test_select_adds_methods_under_one_protocol_and_refuses_another(tiny_run, tm
         dsdm = z["datamodels"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(DatamodelsError, match=r"retrain = 1 there, 3 now.*--out DIR"):
-        select_run(tiny_run, "shifted", 60, ["datamodels"], retrain=3, out=out, progress=False)
+        select_subsets(tiny_run, "shifted", 60, ["datamodels"], retrain=3, out=out, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     with np.load(both["masks"]) as z:
         assert np.array_equal(z["datamodels"], dsdm)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodels.run.slurm import ACTIVE, SlurmOptions, plan_arrays, squeue_tasks, submit
+from datamodels.exec.slurm import ACTIVE, SlurmOptions, plan_arrays, squeue_tasks, submit
 from datamodels.store import Store
 from slurm_cluster import MAX_ARRAY_SIZE, slurm_cluster  # noqa: F401 - the session fixture
 from test_faults import assert_complete_and_equal, cli, make_run, reference_margins

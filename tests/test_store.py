@@ -190,7 +190,7 @@ def test_store_refuses_chunks_shared_by_rows(tmp_path):
 
 
 def test_cli_init_over_a_store_from_another_spec_refuses_and_touches_nothing(tmp_path, digits_data_dir):
-    from datamodels.experiment import init_run
+    from datamodels.runs import init_run
 
     spec = write_spec(tmp_path / "a.toml", **SMALL)
     (tmp_path / "run" / "data").mkdir(parents=True)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from datamodels.data import build_dataset
-from datamodels.masks import sample_masks
+from datamodels.seeds import sample_masks
 from datamodels.spec import Spec
 from datamodels.train import load_train_data, margins_from_logits, train_block
 

@@ -37,7 +37,7 @@ from ..errors import DatamodelsError
 from .blocks import format_indices, split_blocks
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep torch out of that
-    from ..experiment import Run
+    from ..runs import Run
 
 TEMPLATE = Path(__file__).resolve().parent.parent.parent / "jobs" / "slurm_array.sbatch"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize

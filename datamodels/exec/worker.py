@@ -1,7 +1,7 @@
 """The worker: train a block of model indices and write their rows into the store.
 
 Called in-process by the local executor, and by a SLURM array task as
-``python -m datamodels.run.worker RUN --blocks RUN/jobs/NAME.json --offset 51``
+``python -m datamodels.exec.worker RUN --blocks RUN/jobs/NAME.json --offset 51``
 (block ``offset + SLURM_ARRAY_TASK_ID`` of the file) or with ``--indices 0:250``.
 A worker is safe to kill at any point: a row counts only once its done flag is
 written, after its mask and margins, and rows already done are skipped.
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatamodelsError
-from ..experiment import Run, open_run
-from ..masks import sample_masks
+from ..runs import Run, open_run
+from ..seeds import sample_masks
 from .blocks import parse_indices
 
 
@@ -76,7 +76,7 @@ def run_block(run: Run, indices, progress: bool = False) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datamodels.run.worker", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m datamodels.exec.worker", description=__doc__)
     p.add_argument("run", help="run directory")
     p.add_argument("--indices", help="model indices, e.g. 0:250 or 3,7,9")
     p.add_argument("--blocks", help="JSON file of index blocks; the block is chosen by --task or SLURM_ARRAY_TASK_ID")

@@ -4,15 +4,15 @@
 :mod:`.algorithms` (datamodel selection at a budget), :mod:`.baselines`
 (random, class-balanced, nearest-neighbour similarity, the full pool),
 :mod:`.verify` (retraining the chosen subsets) and :mod:`.protocol` (the honest
-selection / evaluation split and :func:`select_run`, which the
+selection / evaluation split and :func:`select_subsets`, which the
 ``datamodels select`` command calls).
 """
 
 from .algorithms import best_subset_brute_force, select_by_accuracy, select_by_margin, top_k
 from .baselines import balanced_subset, random_subset, similarity_subset
 from .objectives import TargetObjective
-from .protocol import METHODS, budget_size, choose_subsets, select_run, split_halves
+from .protocol import METHODS, budget_size, choose_subsets, select_subsets, split_halves
 
 __all__ = ["METHODS", "TargetObjective", "balanced_subset", "best_subset_brute_force", "budget_size",
-           "choose_subsets", "random_subset", "select_by_accuracy", "select_by_margin", "select_run",
+           "choose_subsets", "random_subset", "select_by_accuracy", "select_by_margin", "select_subsets",
            "similarity_subset", "split_halves", "top_k"]

@@ -14,10 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DatamodelsError
+from ..seeds import BALANCED_STREAM, RANDOM_STREAM, model_rng
 
-# streams of np.random.SeedSequence([seed, draw, stream]): random and balanced draws never coincide
-RANDOM_STREAM = 0
-BALANCED_STREAM = 1
 
 
 def _check_k(k: int, n: int) -> None:
@@ -25,15 +23,11 @@ def _check_k(k: int, n: int) -> None:
         raise DatamodelsError(f"subset size = {k} must lie between 1 and the pool size {n}.")
 
 
-def _rng(seed: int, draw: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([int(seed), int(draw), stream]))
-
-
 def random_subset(n: int, k: int, seed: int = 0, draw: int = 0) -> np.ndarray:
     """mask bool[n] with exactly k examples, uniformly at random; a pure function of (seed, draw)."""
     _check_k(k, n)
     mask = np.zeros(n, dtype=bool)
-    mask[_rng(seed, draw, RANDOM_STREAM).permutation(n)[:k]] = True
+    mask[model_rng(seed, draw, RANDOM_STREAM).permutation(n)[:k]] = True
     return mask
 
 
@@ -76,7 +70,7 @@ def class_count_subset(labels, counts: dict, seed: int = 0, draw: int = 0) -> np
     """mask bool[n] with counts[c] examples of class c, at random within each class (a control: a
     random subset with another subset's class mix); a pure function of (seed, draw)."""
     labels = np.asarray(labels).reshape(-1)
-    rng = _rng(seed, draw, BALANCED_STREAM)
+    rng = model_rng(seed, draw, BALANCED_STREAM)
     mask = np.zeros(labels.size, dtype=bool)
     for c, q in sorted(counts.items()):
         members = np.flatnonzero(labels == c)

@@ -34,7 +34,8 @@ from ..errors import DatamodelsError
 from .algorithms import select_by_accuracy, select_by_margin
 from .baselines import balanced_subset, random_subset, similarity_subset
 from .objectives import TargetObjective
-from .verify import SELECT_OFFSET, accuracy, retrain_margins
+from ..seeds import SELECT_OFFSET, split_rng
+from .verify import accuracy, retrain_margins
 
 METHODS = ("datamodels", "datamodels_acc", "random", "balanced", "similarity", "full")
 RANDOMISED = ("random", "balanced")  # a fresh draw per retrained model
@@ -69,7 +70,7 @@ def split_halves(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(selection, evaluation): disjoint sorted positions int64 covering 0..size-1, floor(size/2) selection."""
     if size < 2:
         raise DatamodelsError(f"a target set of {size} examples cannot be split into selection and evaluation halves.")
-    order = np.random.default_rng(np.random.SeedSequence([int(seed), size])).permutation(size)
+    order = split_rng(seed, size).permutation(size)
     return np.sort(order[:size // 2]), np.sort(order[size // 2:])
 
 
@@ -141,7 +142,7 @@ def _earlier_methods(summary_path: Path, masks_path: Path, protocol: dict) -> tu
     return old.get("methods", {}), masks
 
 
-def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
+def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
                seed: int = 0, temperature: float = 1.0, progress: bool = True, retrain_with=None) -> dict:
     """Select a subset per method for `target_set` of a fitted run, retrain, and summarise (module doc).
 
@@ -157,7 +158,7 @@ def select_run(run, target_set: str = "shifted", budget=0.5, methods=METHODS, re
     temperature) is refused, not replaced. Retrained margins are cached in
     RUN/select/cache.
     """
-    from ..experiment import Run, open_run
+    from ..runs import Run, open_run
     from ..report import attribution
     from ..train import load_train_data
 

@@ -1,6 +1,6 @@
 """The selections made on a run, gathered for its report: accuracy against budget, per method and target set.
 
-Reads the summaries :func:`datamodels.select.select_run` wrote (``RUN/select/*.json``);
+Reads the summaries :func:`datamodels.select.select_subsets` wrote (``RUN/select/*.json``);
 selections retrained with another recipe (``retrain_with``) form their own group.
 """
 

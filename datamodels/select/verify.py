@@ -14,10 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..evaluate import results_key, train_models
-
-# Model indices of selection retraining: beyond any store's n_models and apart
-# from the LDS ground truth (1e9) and removal verification (2e9) ranges.
-SELECT_OFFSET = 1_500_000_000
+from ..seeds import SELECT_OFFSET
 
 
 def retrain_margins(spec, data_dir, masks, cache_dir=None, offset: int = SELECT_OFFSET, data=None,

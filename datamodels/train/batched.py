@@ -26,13 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import DatamodelsError
-from ..masks import model_rng
+from ..seeds import INIT_STREAM, SHARED_INIT_STREAM, model_rng
 from .margins import outputs_from_logits
 from .models import stacked_model
 from .sgd import fused_sgd_step, masked_sgd_step, master_step, sgd_step
 
-INIT_STREAM = 1  # model_rng stream for init + data order (stream 0 draws the mask)
-SHARED_INIT_STREAM = 2  # trainer.init = "shared": one init for every model, from (seed, 0, 2)
 EVAL_ROWS = 1 << 14  # models x targets per eval forward pass: small enough that activations stay in cache
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FUSED_ALIGN = 64  # elements: a multiple of any AVX-512 fp32 loop's unrolled width

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DatamodelsError
-from ..masks import model_rng
+from ..seeds import model_rng
 from . import as_float_input
 from .batched import INIT_STREAM, init_params, init_sources, lr_at
 from .margins import outputs_from_logits

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..masks import model_rng
+from ..seeds import model_rng
 from .batched import INIT_STREAM, epoch_order, init_params, init_sources, lr_at
 from .margins import outputs_from_logits
 from .models import stacked_model
