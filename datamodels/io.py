@@ -84,7 +84,7 @@ def save_npy(path: str | Path, array) -> Path:
     return Path(path)
 
 
-def save_npz(path: str | Path, **arrays) -> Path:
+def save_npz(path: str | Path, /, **arrays) -> Path:
     """np.savez to exactly `path` (no ``.npz`` appended)."""
     import numpy as np
 
