@@ -31,7 +31,6 @@ negated target loss), so an exported matrix drops into either tool's metrics.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -39,6 +38,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .errors import DatamodelsError
+from .io import save_npy, write_json
 from .store import TargetSet  # columns start..stop-1 hold the datamodels of target set `name`
 
 SCORES_FORMAT = "datamodels-scores"
@@ -225,11 +225,7 @@ class Attribution:
         npy, side = stem.with_suffix(".npy"), stem.with_suffix(".json")
         cols = self.columns(sets)
         S = self.coef[:, cols].astype(np.float32)
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        tmp = npy.with_name(npy.name + ".partial")
-        with open(tmp, "wb") as f:
-            np.save(f, S)
-        tmp.replace(npy)
+        save_npy(npy, S)
         kept, start = [], 0
         for s in (sets if sets is not None else [t.name for t in self.target_sets]):
             t = self._set(s)
@@ -254,9 +250,7 @@ class Attribution:
             "intercept": [float(x) for x in self.intercept[cols]],
             "source": self.source,
         }
-        tmp = side.with_name(side.name + ".partial")
-        tmp.write_text(json.dumps(meta))
-        tmp.replace(side)
+        write_json(side, meta)
         return {**{k: v for k, v in meta.items() if k != "intercept"}, "npy": str(npy), "json": str(side)}
 
     # ------------------------------------------------------------------ predictions

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from .errors import DatamodelsError
+from .io import save_npy, write_json
 
 
 def _print_json(obj) -> None:
@@ -33,6 +34,7 @@ def cmd_run(a) -> int:
     from .runs import open_run
 
     run = open_run(a.run)
+    run.check_inputs()  # a pool or target file changed since init: refuse before training on stale data
     if a.executor == "local":
         from .exec.local import run_local
 
@@ -109,7 +111,7 @@ def cmd_query(a) -> int:
         return 0
     if a.embeddings:
         E = attr.embeddings(sets=a.sets.split(",") if a.sets else None, n_components=a.pca)
-        np.save(a.embeddings, E)
+        save_npy(a.embeddings, E)
         _print_json({"embeddings": a.embeddings, "shape": list(E.shape), "normalized": True, "pca": a.pca})
         return 0
     if a.train_example is not None:
@@ -181,8 +183,6 @@ def _fit_rows(store) -> int:
 
 def cmd_verify(a) -> int:
     """Retrain-to-verify: remove each target's top influencers, retrain, compare actual and predicted change."""
-    import json as _json
-
     import numpy as np
 
     from .attribution import Attribution, parse_index_list
@@ -210,7 +210,7 @@ def cmd_verify(a) -> int:
     res = verify_removals(attr, spec, run.data_dir, targets, sizes, n_bases=a.bases, runs=a.runs, base=a.base,
                           offset=offset, cache_dir=run.path / "eval", progress=not a.quiet)
     pairs = run.path / "eval" / f"verify-{res['protocol']['key']}.json"
-    pairs.write_text(_json.dumps(res))
+    write_json(pairs, res)
     res = {k: v for k, v in res.items() if k != "pairs"}
     res["pairs_file"] = str(pairs)
     _print_json(res)

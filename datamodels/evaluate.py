@@ -26,6 +26,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from .errors import DatamodelsError
+from .io import save_npz
 from .seeds import GT_OFFSET, VERIFY_OFFSET, sample_mask
 
 
@@ -133,10 +134,7 @@ def train_models(spec, data_dir, indices, masks, cache: str | None = None, progr
         margins[sel] = train_block(spec, data, indices[sel], masks[sel])["margins"]
         done[sel] = True
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.name + ".partial.npz")
-            np.savez(tmp, key=key, margins=margins, done=done)
-            tmp.replace(path)
+            save_npz(path, key=key, margins=margins, done=done)
         if bar is not None:
             bar.update(len(sel))
     if bar is not None:

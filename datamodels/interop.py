@@ -21,12 +21,12 @@ write a run back in the release layout. Weights are in raw mask units in both
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import DatamodelsError, StoreError
+from .io import atomic_file, save_npy, write_json, write_text
 from .spec import Data, Experiment, Fit, Spec, Targets
 from .store import Store, TargetSet
 
@@ -97,7 +97,7 @@ def import_release(run_dir, masks, margins, train_margins=None, *, holdout: int 
     store.group.attrs["imported_from"] = {"masks": str(Path(masks).resolve()),
                                           **{f"{k}_margins": str(Path(p).resolve()) for k, p in
                                              (("test", margins), ("train", train_margins)) if p is not None}}
-    run.spec_path.write_text(spec.to_toml())
+    write_text(run.spec_path, spec.to_toml())
     for s in tqdm(range(0, m, BLOCK_ROWS), desc="import", unit="block", disable=not progress):
         e = min(m, s + BLOCK_ROWS)
         Y = np.concatenate([np.asarray(Yi[s:e], dtype=np.float32) for Yi in ys.values()], axis=1)
@@ -180,8 +180,8 @@ def export_store(store: Store, out_dir, margins_dtype="float16", progress: bool 
     X.flush()
     Y.flush()
     del X, Y
-    np.save(paths["model_indices"], idx)
-    paths["targets"].write_text(json.dumps([t.__dict__ for t in store.targets]))
+    save_npy(paths["model_indices"], idx)
+    write_json(paths["targets"], [t.__dict__ for t in store.targets])
     return {k: str(v) for k, v in paths.items()}
 
 
@@ -212,11 +212,12 @@ def export_fit(fit_path, out_dir, formats=("pt",), targets: list[TargetSet] | No
             import torch
 
             p = out / f"{gname}.pt"
-            torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in part.items()}, p)
+            with atomic_file(p) as f:
+                torch.save({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in part.items()}, f)
             written[f"{gname}.pt"] = str(p)
         if "npy" in formats:
             for k, v in part.items():
                 p = out / (f"{k}.npy" if gname == "datamodels" else f"{gname}_{k}.npy")
-                np.save(p, v)
+                save_npy(p, v)
                 written[p.name] = str(p)
     return written

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import DatamodelsError
+from ..io import atomic_path, save_npz
 
 
 class _ArrayDataset:
@@ -35,14 +35,13 @@ def write_array_beton(path: str | Path, images: np.ndarray, labels: np.ndarray) 
     images = np.ascontiguousarray(images)
     if images.dtype not in (np.float32, np.uint8):
         images = images.astype(np.float32)
-    tmp = path.with_suffix(".beton.partial")
-    writer = DatasetWriter(
-        str(tmp),
-        {"image": NDArrayField(images.dtype, images.shape[1:]), "label": IntField()},
-        num_workers=1,
-    )
-    writer.from_indexed_dataset(_ArrayDataset(images, np.asarray(labels)))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        writer = DatasetWriter(
+            str(tmp),
+            {"image": NDArrayField(images.dtype, images.shape[1:]), "label": IntField()},
+            num_workers=1,
+        )
+        writer.from_indexed_dataset(_ArrayDataset(images, np.asarray(labels)))
     return path
 
 
@@ -70,10 +69,7 @@ def read_array_beton(path: str | Path, device: str | torch.device = "cpu") -> tu
             x = y = None
     if x is None:
         x, y = _decode_beton(path)
-        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.partial")
-        with open(tmp, "wb") as f:
-            np.savez(f, images=x, labels=y, stamp=stamp)
-        os.replace(tmp, cache)  # atomic: concurrent workers never read half a cache
+        save_npz(cache, images=x, labels=y, stamp=stamp)  # atomic: concurrent workers never read half a cache
     device = torch.device(device)
     return torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device)
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import DatamodelsError
+from ..io import write_json, write_text
 from .blocks import format_indices, split_blocks
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep torch out of that
@@ -258,8 +259,8 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
     log_dir = jobs_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     blocks_file = jobs_dir / f"{name}.json"
-    blocks_file.write_text(json.dumps({"store": str(store.path.resolve()), "spec_hash": spec.hash(),
-                                       "blocks": [format_indices(b) for b in blocks]}))
+    write_json(blocks_file, {"store": str(store.path.resolve()), "spec_hash": spec.hash(),
+                             "blocks": [format_indices(b) for b in blocks]})
     template = Path(opts.template or TEMPLATE)
     if not template.is_file():
         raise DatamodelsError(f"sbatch template {str(template)!r} does not exist; pass --template.")
@@ -276,7 +277,7 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
             "blocks": shlex.quote(str(blocks_file.resolve())), "offset": offset,
         })
         path = jobs_dir / f"{name}-{a}.sbatch"
-        path.write_text(script)
+        write_text(path, script)
         result["scripts"].append(str(path))
         if dry_run:
             continue

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatamodelsError
+from ..io import save_npz, write_json
 from .algorithms import select_by_accuracy, select_by_margin
 from .baselines import balanced_subset, random_subset, similarity_subset
 from .objectives import TargetObjective
@@ -206,10 +207,7 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
                             target_x=data.target_x[columns[sel]].cpu().numpy(), draws=draws, seed=seed,
                             temperature=temperature)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f"{stem}.partial.npz"
-    np.savez(tmp, **{**earlier[1], **chosen})
-    tmp.replace(masks_path)
+    save_npz(masks_path, **{**earlier[1], **chosen})
 
     summary_methods = dict(earlier[0])
     for m, masks in chosen.items():
@@ -241,7 +239,5 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         "masks": str(masks_path),
     }
     summary["summary"] = str(summary_path)
-    tmp = out_dir / f"{stem}.json.partial"
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(summary_path)
+    write_json(summary_path, summary, indent=1)
     return summary
