@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SpecError
+from .registry import is_import_path
 
 SAMPLERS = ("fixed", "bernoulli")
-MODELS = ("linear", "mlp", "cnn", "resnet9")
-TRAINERS = ("batched", "ffcv")
 INITS = ("per_model", "shared")
 LR_SCHEDULES = ("constant", "triangle")
 NORMALIZATIONS = ("none", "standardize")
@@ -97,18 +96,24 @@ class Data:
 
 @dataclass(frozen=True)
 class Model:
+    # a built-in ("linear", "mlp", "cnn", "resnet9") or your own "package.module:function",
+    # called as function(in_shape, n_classes, model) -> torch.nn.Module (datamodels.train.modules)
     name: str = "mlp"
     hidden: tuple[int, ...] = (64, 64)  # MLP widths
     width: int = 16  # CNN channels
 
     def validate(self) -> None:
-        _check(self.name in MODELS, "model.name", self.name, f"must be one of {MODELS}")
+        from .train.base import MODELS
+
+        _wrap(MODELS.check, self.name)  # the name's syntax only: nothing is imported
         _check(all(h >= 1 for h in self.hidden), "model.hidden", list(self.hidden), "must hold positive widths")
         _check(self.width >= 1, "model.width", self.width, "must be at least 1")
 
 
 @dataclass(frozen=True)
 class Trainer:
+    # a built-in ("batched", "ffcv", "reference", "python", "command") or your own
+    # "package.module:trainer" (the protocol of datamodels.train.base)
     kind: str = "batched"
     epochs: int = 20
     batch_size: int = 32
@@ -135,12 +140,33 @@ class Trainer:
     # "bf16": bfloat16 matmul inputs (fp32 accumulation) with float32 master
     # weights, momentum buffers, softmax and target margins. See batched.py.
     precision: str = "fp32"
+    # Your own training code (datamodels.train.python, datamodels.train.command):
+    # kind "python": function = "package.module:function", called per block as
+    # function(spec, data, indices, masks, outputs) -> {"margins": float32[B, k]},
+    # or with per_model = true as function(spec, data, index, mask, outputs) -> {"margins": float32[k]};
+    # kind "command": a template run once per model, e.g.
+    # "{python} train.py --index {index} --seed {seed} --mask {mask} --out {out}",
+    # killed after timeout seconds (0: no limit).
+    function: str = ""
+    per_model: bool = False
+    command: str = ""
+    timeout: float = 0.0
 
     def validate(self) -> None:
         _check(self.precision in ("fp32", "bf16"), "trainer.precision", self.precision,
                "must be one of ('fp32', 'bf16')")
         _check(self.init in INITS, "trainer.init", self.init, f"must be one of {INITS}")
-        _check(self.kind in TRAINERS, "trainer.kind", self.kind, f"must be one of {TRAINERS}")
+        from .train.base import TRAINERS
+        from .train.command import check_template
+
+        _wrap(TRAINERS.check, self.kind)  # names and syntax only: no user module is imported here
+        _check(self.kind != "python" or is_import_path(self.function), "trainer.function", self.function,
+               "must be 'package.module:function' for trainer.kind = 'python'")
+        _check(self.kind == "python" or not self.function, "trainer.function", self.function,
+               f"is read only by trainer.kind = 'python', not {self.kind!r}")
+        _check(self.kind != "command" or check_template(self.command) is None, "trainer.command", self.command,
+               check_template(self.command) or "")
+        _check(self.timeout >= 0, "trainer.timeout", self.timeout, "must be non-negative (0: no limit)")
         _check(self.epochs >= 1, "trainer.epochs", self.epochs, "must be at least 1")
         _check(self.batch_size >= 1, "trainer.batch_size", self.batch_size, "must be at least 1")
         _check(self.lr > 0, "trainer.lr", self.lr, "must be positive")

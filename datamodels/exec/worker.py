@@ -63,15 +63,20 @@ def run_block(run: Run, indices, progress: bool = False) -> int:
     e = spec.experiment
     masks = sample_masks(e.seed, todo, store.n_train, e.alpha, e.sampler)
     try:
-        out = train_block(spec, _train_data(str(run.path)), todo, masks, progress=progress)
-    except Exception as exc:  # record why, per row, then fail the job loudly
+        # a row the trainer failed (the user's exception, a non-zero exit, a wrong
+        # shape, NaN) comes back with its reason: stored in that row, the others written
+        out = train_block(spec, _train_data(str(run.path)), todo, masks, progress=progress, failures="record")
+    except Exception as exc:  # the spec's mistake (a trainer that does not import): every row, then fail loudly
         reason = f"{type(exc).__name__}: {exc}"
         for i in todo:
             store.record_failure(int(i), reason)
         raise
     written = 0
     for r, i in enumerate(todo):
-        written += store.write_row(int(i), masks[r], out["margins"][r])
+        if out["failure"][r]:
+            store.record_failure(int(i), out["failure"][r])
+        else:
+            written += store.write_row(int(i), masks[r], out["margins"][r])
     return written
 
 

@@ -27,8 +27,8 @@ from torch import Tensor
 
 from ..errors import DatamodelsError
 from ..seeds import INIT_STREAM, SHARED_INIT_STREAM, model_rng
+from .base import report_progress
 from .margins import outputs_from_logits
-from .models import stacked_model
 from .sgd import fused_sgd_step, masked_sgd_step, master_step, sgd_step
 
 EVAL_ROWS = 1 << 14  # models x targets per eval forward pass: small enough that activations stay in cache
@@ -81,12 +81,40 @@ def epoch_order(rngs, subsets: list[np.ndarray], batch_size: int) -> tuple[np.nd
     return idx, valid
 
 
-def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pbar=None) -> dict[str, np.ndarray]:
-    """Train models ``indices`` (masks: bool[B, n]) at once; their outputs on all targets."""
+def train_batched(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) -> dict[str, np.ndarray]:
+    """``trainer.kind = "batched"``: chunks of ``models_per_batch`` models, each chunk trained at once.
+
+    A built-in linear / mlp / cnn takes the hand-written stacked path below;
+    any other module (a user's ``model.name``) the generic one of :mod:`.vmap`.
+    """
+    from .modules import model_form
+
+    per = spec.trainer.models_per_batch
+    form = model_form(spec, tuple(data.x.shape[1:]), data.n_classes)
+    if isinstance(form, torch.nn.Module):
+        from .vmap import train_chunk_vmap as chunk
+    else:
+        def chunk(spec, data, idx, m, outputs):
+            return train_chunk(spec, data, idx, m, outputs, model=form)
+    pieces = [chunk(spec, data, indices[s:s + per], masks[s:s + per], outputs)
+              for s in range(0, len(indices), per)]
+    if not pieces:
+        return {o: np.zeros((0, data.target_x.shape[0]), dtype=np.float32) for o in outputs}
+    out = {o: np.concatenate([p[o] for p in pieces]) for o in outputs}
+    return {o: v.astype(np.float32) if v.dtype != bool else v for o, v in out.items()}
+
+
+def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, model=None) -> dict[str, np.ndarray]:
+    """Train models ``indices`` (masks: bool[B, n]) at once; their outputs on all targets.
+
+    model: the stacked model (:mod:`.models`) of ``model.name``."""
     tr = spec.trainer
     device = data.x.device
     B, bs = len(indices), tr.batch_size
-    model = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
+    if model is None:
+        from .modules import model_form
+
+        model = model_form(spec, tuple(data.x.shape[1:]), data.n_classes)
     rngs = [model_rng(spec.experiment.seed, int(i), INIT_STREAM) for i in indices]
     params = init_params(model, init_sources(spec, rngs), device)
     by_hand = hasattr(model, "grads")
@@ -105,7 +133,7 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
     if by_hand:
         with torch.no_grad():
             return _train_by_hand(model, params, data, rngs, subsets, sizes, n_batches, own_total, tr,
-                                  outputs, pbar, total_steps)
+                                  outputs, total_steps)
     bufs = [torch.zeros_like(p) for p in params]
     x_pool, y_pool = data.x, data.y
     step = 0
@@ -127,14 +155,9 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, pba
             ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y_pool[ib].reshape(-1),
                                  reduction="none", label_smoothing=tr.label_smoothing).view(B, -1)
             grads = torch.autograd.grad((ce * scale).sum(), params)
-            with torch.no_grad():
-                if ragged:
-                    _masked_step(params, grads, bufs, tr, own_total, n_batches, epoch, s)
-                else:
-                    sgd_step(params, grads, bufs, tr, lr_at(tr, step, int(own_total[0])))
+            autograd_step(params, grads, bufs, tr, ragged, own_total, n_batches, epoch, s, step)
             step += 1
-            if pbar is not None:
-                pbar.update(B / (total_steps or 1))
+            report_progress(B / (total_steps or 1))
     with torch.no_grad():
         return evaluate(model, [p.detach() for p in params], data.target_x, data.target_y, outputs)
 
@@ -148,8 +171,7 @@ def _flat(B: int, shapes: list[tuple[int, ...]], dtype, device) -> tuple[Tensor,
     return flat, [flat[int(a):int(a) + n].view(B, *sh) for a, n, sh in zip(starts, sizes, shapes)]
 
 
-def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total, tr, outputs, pbar,
-                   total_steps) -> dict[str, np.ndarray]:
+def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total, tr, outputs, total_steps) -> dict[str, np.ndarray]:
     """The linear / MLP loop: hand-written gradients, one fused SGD kernel per step.
 
     All parameters live in one flat float32 buffer, one section per layer with
@@ -233,9 +255,18 @@ def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total
                 else:
                     sgd_step([flat_p], [flat_g], [flat_m], tr, lr)
             step += 1
-            if pbar is not None:
-                pbar.update(B / (total_steps or 1))
+            report_progress(B / (total_steps or 1))
     return evaluate(model, params, data.target_x, data.target_y, outputs)
+
+
+def autograd_step(params, grads, bufs, tr, ragged: bool, own_total, n_batches, epoch: int, s: int,
+                  step: int) -> None:
+    """One SGD step of stacked models from autograd's gradients: each model on its own schedule when ragged."""
+    with torch.no_grad():
+        if ragged:
+            _masked_step(params, grads, bufs, tr, own_total, n_batches, epoch, s)
+        else:
+            sgd_step(params, grads, bufs, tr, lr_at(tr, step, int(own_total[0])))
 
 
 def _masked_step(params, grads, bufs, tr, own_total, n_batches, epoch, s) -> None:

@@ -26,10 +26,10 @@ from torch import Tensor, nn
 
 from ..errors import DatamodelsError
 from ..seeds import model_rng
-from . import as_float_input
-from .batched import INIT_STREAM, init_params, init_sources, lr_at
+from .base import report_progress
+from .batched import INIT_STREAM, init_sources, lr_at
+from .block import as_float_input
 from .margins import outputs_from_logits
-from .models import stacked_model
 
 EVAL_BATCH = 1024
 
@@ -81,16 +81,10 @@ def resnet9(width: int, n_classes: int, in_channels: int = 3) -> nn.Module:
 
 
 def build_model(spec, data, rng: np.random.Generator) -> nn.Module:
-    """Model ``spec.model.name`` with its init drawn from ``rng`` (the model's own generator)."""
-    in_shape, C = tuple(data.x.shape[1:]), data.n_classes
-    if spec.model.name == "resnet9":
-        if len(in_shape) != 3:
-            raise DatamodelsError(f"model.name = 'resnet9' needs images [C, H, W], got inputs of shape {list(in_shape)}.")
-        with torch.random.fork_rng(devices=[]):  # the global generator is left as it was
-            torch.manual_seed(int(rng.integers(2**63 - 1)))
-            return resnet9(spec.model.width, C, in_shape[0])
-    stacked = stacked_model(spec.model, in_shape, C)
-    return stacked.to_module(init_params(stacked, [rng], "cpu"))
+    """Model ``spec.model.name`` (a built-in or the user's) with its init drawn from ``rng`` (the model's own)."""
+    from .modules import build_module
+
+    return build_module(spec, tuple(data.x.shape[1:]), data.n_classes, rng)
 
 
 def augment(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
@@ -201,20 +195,18 @@ def train_one_ffcv(spec, data, index: int, mask: np.ndarray, outputs, device: to
     return outputs_from_logits(torch.cat(pieces), data.target_y.to(device), outputs)
 
 
-def train_block_ffcv(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, progress: bool = False):
-    """Models one at a time; same return value as ``train_block``."""
+def train_block_ffcv(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) -> dict[str, np.ndarray]:
+    """The trainer: models one at a time; same return value as ``train_block``."""
     if data.data_dir is None:
         raise DatamodelsError("trainer.kind = 'ffcv' needs TrainData from load_train_data (it reads train.beton).")
     device = torch.device(spec.trainer.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: pick the fastest kernels once
-    it = range(len(indices))
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(it, unit="model", desc="train")
     cache: dict = {}
-    rows = [train_one_ffcv(spec, data, int(indices[r]), masks[r], outputs, device, cache) for r in it]
+    rows = []
+    for r in range(len(indices)):
+        rows.append(train_one_ffcv(spec, data, int(indices[r]), masks[r], outputs, device, cache))
+        report_progress(1)
     if not rows:
         return {o: np.zeros((0, len(data.target_y)), dtype=np.float32) for o in outputs}
     return {o: torch.stack([row[o] for row in rows]).cpu().numpy() for o in outputs}

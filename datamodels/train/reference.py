@@ -1,9 +1,11 @@
-"""The slow reference: one model trained alone with a plain PyTorch loop.
+"""The slow reference: one model trained alone with a plain PyTorch loop (``trainer.kind = "reference"``).
 
 Same init, same data order and same subset as the batched trainer gives model
 ``index`` (both come from ``model_rng(seed, index, stream=1)``), but an
-``nn.Module`` and ``torch.optim.SGD`` instead of stacked tensors. The test of
-the batched trainer and the benchmark compare against it.
+``nn.Module`` and ``torch.optim.SGD`` instead of stacked tensors. The tests of
+the batched trainer (hand-written and generic) and the benchmark compare
+against it. As a trainer it takes any model, batch-norm included (a model's
+statistics are its own when it trains alone), with the data already in memory.
 """
 
 from __future__ import annotations
@@ -13,17 +15,29 @@ import torch
 import torch.nn.functional as F
 
 from ..seeds import model_rng
-from .batched import INIT_STREAM, epoch_order, init_params, init_sources, lr_at
+from .base import report_progress
+from .batched import INIT_STREAM, epoch_order, init_sources, lr_at
 from .margins import outputs_from_logits
-from .models import stacked_model
+from .modules import build_module
+
+
+def train_reference(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) -> dict[str, np.ndarray]:
+    """The trainer: models one at a time; same return value as ``train_block``."""
+    rows = []
+    for r, index in enumerate(indices):
+        rows.append(train_one(spec, data, int(index), masks[r], outputs))
+        report_progress(1)
+    if not rows:
+        return {o: np.zeros((0, len(data.target_y)), dtype=np.float32) for o in outputs}
+    return {o: np.stack([row[o] for row in rows]) for o in outputs}
 
 
 def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) -> dict[str, np.ndarray]:
     """Train model ``index`` on ``mask: bool[n]`` alone; {"margins": float32[k], ...}."""
     tr = spec.trainer
-    stacked = stacked_model(spec.model, tuple(data.x.shape[1:]), data.n_classes)
     rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
-    net = stacked.to_module(init_params(stacked, init_sources(spec, [rng]), data.x.device))
+    net = build_module(spec, tuple(data.x.shape[1:]), data.n_classes, init_sources(spec, [rng])[0])
+    net = net.to(data.x.device)
     opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
                           nesterov=tr.nesterov)
     subset = np.flatnonzero(mask)
