@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import DatamodelsError
-from .moments import Moments, accumulate, standardise, validation_problem
+from .moments import Moments, accumulate, gram_fit_bytes, gram_problems, machine_bytes
 from .solver import lasso_at, lasso_path
 
 SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype")
@@ -53,7 +53,12 @@ class Datamodels:
     patience: a target's path stops once its validation MSE has not improved
     for this many lambdas (None: always the whole grid); dtype: "float32"
     (default: the Gram products run at twice the speed, and the path's
-    objectives stay within 1e-4 of float64's) or "float64".
+    objectives stay within 1e-4 of float64's) or "float64"; max_memory: bytes
+    the fit may use (None: the machine's, the device's for CuPy). A fit whose
+    stated bound (:func:`.moments.gram_fit_bytes`: two n x n matrices in
+    `dtype`, X^T y of train and validation rows, the weights, one block of
+    targets' working arrays and one block of mask rows) exceeds it is refused
+    in one sentence before anything is allocated.
 
     Learned: coef_ float32[n, k]; intercept_ float32[k]; lam_ (= alpha_)
     float64[k]; lambdas_ float64[n_lambdas, k]; val_mse_path_ float64[n_lambdas, k]
@@ -63,7 +68,7 @@ class Datamodels:
 
     def __init__(self, n_lambdas=50, lambda_ratio=1e-3, val_fraction=0.1, max_iter=200, tol=1e-4,
                  exclude_self=None, xp=None, block_targets=1024, progress=False, patience=5,
-                 dtype="float32"):
+                 dtype="float32", max_memory=None):
         self.n_lambdas = n_lambdas
         self.lambda_ratio = lambda_ratio
         self.val_fraction = val_fraction
@@ -75,6 +80,7 @@ class Datamodels:
         self.progress = progress
         self.patience = patience
         self.dtype = dtype
+        self.max_memory = max_memory
 
     # ------------------------------------------------------------------ settings
     def _validate(self) -> None:
@@ -161,13 +167,16 @@ class Datamodels:
                   prior: dict | None = None) -> None:
         """Shared by fit and fit_store: `rows(lo, hi)` yields (masks, margins) blocks in order."""
         n_tr = m - n_val
-        y0 = _first_mean(rows, n_tr, k)
-        tr, va = Moments.zeros(n, k, y0), Moments.zeros(n, k, y0)
         xp = self._xp()
+        self.check_memory(n, k, xp)
+        y0 = _first_mean(rows, n_tr, k)
         dtype = getattr(xp, self.dtype)
+        tr, va = Moments.zeros(n, k, y0, xp, dtype), Moments.zeros(n, k, y0, xp, dtype)
         for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
             for mb, yb in rows(lo, hi):
-                accumulate(acc, mb, yb, xp=xp, dtype=dtype)
+                accumulate(acc, mb, yb, xp=xp)
+        P, V, A = gram_problems(tr, va)
+        del tr, va
         out = prior if prior is not None else _empty(n, k, self.n_lambdas)
         bt = int(self.block_targets)
         starts = list(range(0, k, bt))
@@ -179,36 +188,38 @@ class Datamodels:
             if blocks_done is not None and blocks_done(b):
                 continue
             sl = slice(s, min(k, s + bt))
-            res = self._fit_block(tr.targets(sl), va.targets(sl), rows, n_tr, m,
-                                  None if exclude is None else exclude[sl], np.arange(sl.start, sl.stop))
+            res = self._fit_block(P, V, A, rows, n_tr, m, None if exclude is None else exclude[sl],
+                                  np.arange(sl.start, sl.stop))
             for key, v in res.items():
                 out[key][..., sl] = v
             if on_block is not None:
                 on_block(b, sl, res)
         self._set(out)
 
-    def _fit_block(self, tr: Moments, va: Moments, rows, n_tr: int, m: int, exclude,
-                   cols: np.ndarray) -> dict[str, np.ndarray]:
-        """One block of targets (global columns `cols`); exclude: int[len(cols)] or None."""
-        k = tr.sy.shape[0]
-        res = _empty(tr.sx.shape[0], k, self.n_lambdas)
+    def _fit_block(self, P, V, A, rows, n_tr: int, m: int, exclude, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """One block of targets (global columns `cols`) of the problems of all targets; exclude: int[len(cols)] or None."""
+        k = len(cols)
+        res = _empty(P.G.shape[0], k, self.n_lambdas)
         plain = np.arange(k) if exclude is None else np.flatnonzero(exclude < 0)
         if len(plain):
-            r = self._solve(tr.targets(plain), va.targets(plain))
+            sel = slice(int(cols[0]), int(cols[-1]) + 1) if len(plain) == k else cols[plain]
+            r = self._solve(P.targets(sel), V.targets(sel), A.targets(sel))
             for key, v in r.items():
                 res[key][..., plain] = v
         if exclude is not None and (exclude >= 0).any():
             tg = np.flatnonzero(exclude >= 0)
-            r = self._solve_rows(tr.targets(tg), rows, n_tr, m, exclude[tg], cols[tg])
+            r = self._solve_rows(P.G, rows, n_tr, m, exclude[tg], cols[tg])
             for key, v in r.items():
                 res[key][..., tg] = v
         return res
 
-    def _solve_rows(self, tr: Moments, rows, n_tr: int, m: int, selves: np.ndarray,
+    def _solve_rows(self, G_train, rows, n_tr: int, m: int, selves: np.ndarray,
                     cols: np.ndarray) -> dict[str, np.ndarray]:
         """Targets fitted on the models without their own example (data form, see :mod:`.rows`).
 
-        Holds the masks as float [m, n] and the targets' margins in memory.
+        Holds the masks as float [m, n] and the targets' margins in memory (outside
+        the Gram fit's stated bound). G_train: the training rows' standardised Gram
+        (its block steps are the pooled steps).
         """
         from .rows import lasso_path_rows
 
@@ -230,10 +241,9 @@ class Datamodels:
         def arr(a):
             return xp.asarray(np.asarray(a, dtype=f), device=dev)
 
-        P = standardise(tr)
         fit = lasso_path_rows(xp, arr(masks), arr(Y), arr(keep), n_tr, n_lambdas=int(self.n_lambdas),
                               lambda_ratio=float(self.lambda_ratio), tol=float(self.tol),
-                              max_iter=int(self.max_iter), patience=self.patience, G_pooled=arr(P.G))
+                              max_iter=int(self.max_iter), patience=self.patience, G_pooled=G_train)
         k = len(selves)
         return {
             "coef": fit.coef, "intercept": fit.intercept, "lam": fit.lam, "lambdas": fit.lambdas,
@@ -241,25 +251,25 @@ class Datamodels:
             "n_nonzero": np.count_nonzero(fit.coef, axis=0),
         }
 
-    def _solve(self, tr: Moments, va: Moments) -> dict[str, np.ndarray]:
-        """Path on the training rows, lambda on the validation rows, refit on all rows."""
+    def _solve(self, P, V, A) -> dict[str, np.ndarray]:
+        """Path on the training rows, lambda on the validation rows, refit on all rows.
+
+        P, V, A: :class:`.moments.Problem`, ``ValProblem`` and ``RefitProblem`` of one block of targets.
+        """
         xp = self._xp()
         dev = _default_device(xp)
 
         def arr(a):
             return xp.asarray(np.asarray(a, dtype=self.dtype), device=dev)
 
-        P = standardise(tr)
-        V = validation_problem(va, P)
-        A = standardise(tr + va)
         ratios = np.geomspace(1.0, float(self.lambda_ratio), int(self.n_lambdas))
         lambdas = ratios[:, None] * P.lambda_max()[None, :]
-        res = lasso_path(arr(P.G), arr(P.C), arr(P.yy), lambdas, val=(arr(V.G), arr(V.C), arr(V.yy)),
+        res = lasso_path(P.G, P.C, arr(P.yy), lambdas, val=(V.G, V.C, arr(V.yy)),
                          tol=float(self.tol), max_iter=int(self.max_iter), patience=self.patience, xp=xp)
         k = lambdas.shape[1]
         lam = lambdas[res.best, np.arange(k)]
         coef_tr, _ = P.to_raw(_to_np(res.w_best))
-        W, _, _, _ = lasso_at(arr(A.G), arr(A.C), arr(A.yy), lam, arr(A.from_raw(coef_tr)),
+        W, _, _, _ = lasso_at(A.G, A.C, arr(A.yy), lam, arr(A.from_raw(coef_tr)),
                               tol=float(self.tol), max_iter=int(self.max_iter), xp=xp)
         coef, intercept = A.to_raw(_to_np(W))
         return {
@@ -276,6 +286,21 @@ class Datamodels:
         self.val_mse_path_ = out["val_mse_path"]
         self.val_mse_ = out["val_mse"]
         self.n_nonzero_ = out["n_nonzero"].astype(np.int64)
+
+    def memory_bytes(self, n: int, k: int) -> dict[str, int]:
+        """The stated memory bound of a fit of n training examples and k targets, by part (bytes)."""
+        return gram_fit_bytes(n, k, int(self.block_targets), np.dtype(self.dtype).itemsize)
+
+    def check_memory(self, n: int, k: int, xp=None) -> None:
+        """Refuse, in one sentence and before allocating, a fit whose bound exceeds the memory available."""
+        need = self.memory_bytes(n, k)
+        have = int(self.max_memory) if self.max_memory is not None else machine_bytes(xp)
+        if need["total"] > have:
+            where = "max_memory" if self.max_memory is not None else "this machine's memory"
+            raise DatamodelsError(
+                f"a fit of n = {n} training examples and k = {k} targets needs about {need['total'] / 1e9:.1f} GB "
+                f"(two {n} x {n} {self.dtype} Gram matrices are {need['grams'] / 1e9:.1f} GB of it), more than "
+                f"{where} ({have / 1e9:.1f} GB); use a machine with more memory or fewer training examples.")
 
     @property
     def alpha_(self) -> np.ndarray:
@@ -319,7 +344,7 @@ def _to_np(a) -> np.ndarray:
 
 def _empty(n: int, k: int, L: int) -> dict[str, np.ndarray]:
     return {
-        "coef": np.zeros((n, k)), "intercept": np.zeros(k), "lam": np.zeros(k),
+        "coef": np.zeros((n, k), dtype=np.float32), "intercept": np.zeros(k), "lam": np.zeros(k),
         "lambdas": np.zeros((L, k)), "val_mse_path": np.full((L, k), np.nan), "val_mse": np.zeros(k),
         "n_nonzero": np.zeros(k, dtype=np.int64),
     }

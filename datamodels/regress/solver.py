@@ -61,7 +61,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..kernels import is_cupy, prox_block, prox_block_numpy
-from .moments import _device, _np
+from .moments import CHUNK, _device, _np
 
 
 class PathResult(NamedTuple):
@@ -102,14 +102,13 @@ def plan_blocks(G, block: int, xp=None, max_cond: float = 3.0) -> list[tuple[int
     is not, down to single coordinates (exact coordinate descent), because
     Jacobi steps inside an ill-conditioned block converge slowly.
     """
-    xp = xp or array_namespace(G)
     n = G.shape[0]
     block = max(1, min(int(block), n))
-    Gh = _np(xp.astype(G, xp.float64))
     out: list[tuple[int, int, float]] = []
 
     def add(b0: int, b1: int) -> None:
-        ev = np.linalg.eigvalsh(Gh[b0:b1, b0:b1])
+        # only the diagonal blocks cross to float64 NumPy: no n x n copy of G
+        ev = np.linalg.eigvalsh(np.asarray(_np(G[b0:b1, b0:b1]), dtype=np.float64))
         lo, hi = max(float(ev[0]), 0.0), max(float(ev[-1]), 1e-12)
         if b1 - b0 > 1 and hi > max_cond * lo:
             mid = (b0 + b1) // 2
@@ -155,9 +154,13 @@ def _matmul_rows(xp, A, W):
     if rows > 0.6 * W.shape[0]:
         return A @ W
     idx = xp.nonzero(nz)[0]
-    if rows == 0:
-        return xp.zeros((A.shape[0], W.shape[1]), dtype=W.dtype, device=_device(W))
-    return xp.take(A, idx, axis=1) @ xp.take(W, idx, axis=0)
+    out = xp.zeros((A.shape[0], W.shape[1]), dtype=W.dtype, device=_device(W))
+    # the columns of A are gathered a few at a time: never an n x rows copy of A
+    step = max(1, CHUNK // max(A.shape[0], 1))
+    for s in range(0, rows, step):
+        i = idx[s:s + step]
+        out += xp.take(A, i, axis=1) @ xp.take(W, i, axis=0)
+    return out
 
 
 def _sum64(xp, a):
@@ -319,8 +322,8 @@ def lasso_at(G, C, yy, lam, W0, *, tol=1e-4, max_iter=200, block=256, xp=None):
     G: [n, n]; C: [n, k]; yy: [k]; lam: float64[k] (NumPy); W0: [n, k] (xp).
     Returns (W [n, k] xp, primal float64[k], gap float64[k], epochs int64[k]).
     """
-    xp = xp or array_namespace(G)
-    dev = _device(G)
+    xp = xp or array_namespace(C)
+    dev = _device(C)  # G may be an operator (moments.RefitGram), C is always an array
     W = xp.asarray(W0, dtype=G.dtype, copy=True)
     R = C - G @ W
     ep, p, g = solve_at(xp, G, plan_blocks(G, block, xp), W, R, C, xp.astype(yy, xp.float64),
