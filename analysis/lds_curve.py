@@ -87,7 +87,8 @@ def fit_on_first(run, masks, margins, N: int, spec, progress: bool):
 
 
 def curve_for(model: str, args, out_dir: Path) -> dict:
-    from datamodels.evaluate import GT_OFFSET, lds, lds_ground_truth, train_ground_truth
+    from datamodels.evaluate import lds, lds_ground_truth, train_ground_truth
+    from datamodels.seeds import GT_OFFSET
     from datamodels.runs import init_run
     from datamodels.exec.local import run_local
 

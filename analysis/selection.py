@@ -76,7 +76,8 @@ def class_matched(run, budget, summary: dict, retrain: int) -> dict:
     """Accuracy of random subsets with the DsDm subset's class counts: {set: {"mean", "std", "per_model"}}."""
     from datamodels.select import split_halves
     from datamodels.select.baselines import class_count_subset
-    from datamodels.select.verify import SELECT_OFFSET, accuracy, retrain_margins
+    from datamodels.seeds import SELECT_OFFSET
+    from datamodels.select.verify import accuracy, retrain_margins
     from datamodels.train import load_train_data
 
     data = load_train_data(run.spec, run.data_dir)
@@ -118,10 +119,11 @@ def plot_examples(path: Path, run, summary: dict, n: int = 12) -> None:
     import matplotlib.pyplot as plt
 
     from datamodels.data import load_display_split
-    from datamodels.report import attribution, show_image
+    from datamodels.attribution import Attribution
+    from datamodels.report import show_image
     from datamodels.select import TargetObjective, split_halves
 
-    attr = attribution(run)
+    attr = Attribution.from_run(run, labels=False)
     cols = attr.columns(["shifted"])
     sel = split_halves(len(cols), summary["protocol"]["split_seed"])[0]
     w = TargetObjective.from_attribution(attr, cols[sel]).margin_weights()  # [n]
@@ -222,7 +224,7 @@ def main(argv=None) -> int:
 
     from datamodels.runs import init_run
     from datamodels.regress import fit_store
-    from datamodels.report import heldout_predictions
+    from datamodels.evaluate import heldout_predictions
     from datamodels.exec.local import run_local
     from datamodels.select import METHODS, select_subsets
     from datamodels.spec import load_spec

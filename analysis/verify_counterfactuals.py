@@ -64,7 +64,8 @@ def main(argv=None) -> int:
         name += "_quick"
 
     from datamodels.attribution import Attribution
-    from datamodels.evaluate import VERIFY_OFFSET, verify_removals
+    from datamodels.evaluate import verify_removals
+    from datamodels.seeds import VERIFY_OFFSET
     from datamodels.runs import open_run
     from datamodels.regress import Datamodels
 

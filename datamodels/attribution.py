@@ -98,13 +98,15 @@ class Attribution:
         return cls(dm.coef_, dm.intercept_, lam=getattr(dm, "lam_", None), **kw)
 
     @classmethod
-    def from_run(cls, run, labels: bool = True) -> "Attribution":
-        """From a run directory (path or :class:`datamodels.runs.Run`) with a finished fit."""
+    def from_run(cls, run, labels: bool = True, dm=None) -> "Attribution":
+        """From a run directory (path or :class:`datamodels.runs.Run`) with a finished fit.
+
+        dm: the run's fitted datamodels when the caller holds them already (read from the run if None).
+        """
         from .runs import Run, open_run
-        from .report import load_fit
 
         run = run if isinstance(run, Run) else open_run(run)
-        dm = load_fit(run)
+        dm = dm if dm is not None else run.load_fit()
         store = run.store(mode="r")
         if dm.coef_.shape != (store.n_train, store.n_targets):
             raise DatamodelsError(f"fit {str(run.fit_path)!r} has weights of shape {list(dm.coef_.shape)}, "

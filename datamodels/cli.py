@@ -88,8 +88,8 @@ def _median(x) -> float:
 
 
 def cmd_eval(a) -> int:
+    from .evaluate import heldout_lds
     from .runs import open_run
-    from .report import heldout_lds
 
     run = open_run(a.run)
     res = heldout_lds(run)
@@ -150,9 +150,9 @@ def cmd_query(a) -> int:
 def cmd_lds(a) -> int:
     """LDS against fresh subsets trained several times each, beside the held-out LDS of the store."""
     from .attribution import Attribution
-    from .evaluate import GT_OFFSET, lds_ground_truth, train_ground_truth
+    from .evaluate import heldout_lds, lds_ground_truth, train_ground_truth
     from .runs import open_run
-    from .report import heldout_lds
+    from .seeds import GT_OFFSET
 
     run = open_run(a.run)
     attr = Attribution.from_run(run, labels=False)
@@ -163,16 +163,10 @@ def cmd_lds(a) -> int:
                             min_offset=store.n_models, progress=not a.quiet, n_train=store.n_train)
     out = {"run": str(run.path), "fit_models": _fit_rows(store)}
     out["ground_truth"] = lds_ground_truth(attr.predict(gt.masks), gt)
-    if store.spec.fit.holdout and len(_heldout(run)) >= 3:
+    if store.spec.fit.holdout and len(run.heldout_rows()) >= 3:
         out["heldout"] = heldout_lds(run).summary()
     _print_json(out)
     return 0
-
-
-def _heldout(run):
-    from .report import heldout_rows
-
-    return heldout_rows(run)
 
 
 def _fit_rows(store) -> int:
@@ -186,8 +180,9 @@ def cmd_verify(a) -> int:
     import numpy as np
 
     from .attribution import Attribution, parse_index_list
-    from .evaluate import VERIFY_OFFSET, verify_removals
+    from .evaluate import verify_removals
     from .runs import open_run
+    from .seeds import VERIFY_OFFSET
 
     run = open_run(a.run)
     attr = Attribution.from_run(run, labels=False)

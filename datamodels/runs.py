@@ -15,9 +15,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .data import beton_path, build_dataset, load_metadata, load_record, splits_for
 from .data.inputs import check_inputs
-from .errors import StoreError
+from .errors import DatamodelsError, StoreError
 from .io import write_text
 from .spec import Spec, load_spec
 from .store import Store, TargetSet
@@ -70,6 +72,21 @@ class Run:
         missing_ok: inputs that are gone are fine (the run keeps its own .beton files).
         """
         check_inputs(load_record(self.data_dir).get("inputs", {}), self.path, missing_ok)
+
+    def load_fit(self):
+        """The fitted :class:`datamodels.regress.Datamodels` of this run; one sentence if there is none."""
+        if not self.fit_path.exists():
+            raise DatamodelsError(f"run {str(self.path)!r} has no fitted datamodels; "
+                                  f"run `datamodels fit {self.path}` first.")
+        from .regress import Datamodels
+
+        return Datamodels.load(self.fit_path)
+
+    def heldout_rows(self) -> np.ndarray:
+        """int64[h]: the done models the fit never saw (the last fit.holdout of the store)."""
+        store = self.store(mode="r")
+        start = store.n_models - store.spec.fit.holdout
+        return np.flatnonzero(store.done_mask()[start:]) + start
 
 
 def target_sets(spec: Spec, data_dir: Path) -> tuple[int, list[TargetSet]]:

@@ -178,7 +178,8 @@ def tiny_run(tmp_path_factory):
 
 
 def test_cli_select_end_to_end(tiny_run):
-    from datamodels.select.verify import SELECT_OFFSET, accuracy
+    from datamodels.seeds import SELECT_OFFSET
+    from datamodels.select.verify import accuracy
     from datamodels.train import load_train_data, train_block
 
     rc, out, err = cli("select", tiny_run.path, "--budget", "0.25", "--retrain", "2")
@@ -248,7 +249,7 @@ def test_cli_select_bad_input(tiny_run, capsys):
 
 def test_select_retrains_with_the_overridden_recipe(tiny_run):
     """--retrain-with changes the retraining recipe only: recorded, written beside the default, really used."""
-    from datamodels.select.verify import SELECT_OFFSET
+    from datamodels.seeds import SELECT_OFFSET
     from datamodels.train import load_train_data, train_block
 
     rc, out, err = cli("select", tiny_run.path, "--budget", "0.25", "--retrain", "1", "--methods", "datamodels",

@@ -1,4 +1,4 @@
-"""The linear datamodeling score (LDS) with its protocol, and retrain-to-verify.
+"""The linear datamodeling score (LDS) with its protocol.
 
 LDS (Park et al. 2023; Ilyas et al. 2022): for each target, the Spearman rank
 correlation, across models trained on held-out random subsets, between the
@@ -13,21 +13,22 @@ averaged over targets. Two sources of held-out margins:
   average, against a single run, and the noise ceiling (one run against the
   mean of the others), with the protocol (alpha, subsets, runs, targets).
 
-Retrain-to-verify (:func:`verify_removals`): remove each target's top positive
-influencers from base subsets, retrain with paired seeds, and correlate the
-actual margin change with the predicted one.
+The store's held-out models are the last ``fit.holdout`` rows of a run
+(:meth:`datamodels.runs.Run.heldout_rows`); :func:`heldout_predictions` scores
+a fit on them.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import rankdata
 
-from .errors import DatamodelsError
-from .io import save_npz
-from .seeds import GT_OFFSET, VERIFY_OFFSET, sample_mask
+from ..errors import DatamodelsError
+from ..seeds import GT_OFFSET, sample_mask
+from .retrain import results_key, train_models
 
 
 def spearman_per_column(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -76,70 +77,25 @@ def lds(predicted: np.ndarray, actual: np.ndarray, alpha: float, runs_per_subset
                      float(alpha), int(runs_per_subset), source)
 
 
-# ---------------------------------------------------------------------- ground truth by retraining
-# trainer settings that change speed, not results (the batched trainer's models never mix)
-_NOT_RESULTS = ("threads", "models_per_batch", "device")
+def heldout_predictions(run, dm=None) -> tuple[np.ndarray, np.ndarray, LDSResult]:
+    """(predicted float32[h, k], actual float32[h, k], their LDS) on a run's h held-out models.
 
-
-def results_key(spec, indices: np.ndarray, masks: np.ndarray) -> str:
-    """Hash of what determines a set of freshly trained models' margins."""
-    import hashlib
-    import json
-
-    d = spec.to_dict()
-    d.pop("fit")
-    d["trainer"] = {k: v for k, v in d["trainer"].items() if k not in _NOT_RESULTS}
-    h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
-    h.update(np.ascontiguousarray(indices, dtype=np.int64).tobytes())
-    h.update(np.packbits(np.ascontiguousarray(masks, dtype=bool), axis=-1).tobytes())
-    return h.hexdigest()[:16]
-
-
-def train_models(spec, data_dir, indices, masks, cache: str | None = None, progress: bool = True,
-                 chunk: int = 500, data=None, desc: str = "retrain") -> np.ndarray:
-    """Margins float32[N, k] of models indices[r] (seeds) trained on masks[r] (bool[N, n]).
-
-    Resumable: with `cache` (a .npz path) finished chunks are kept there and a
-    rerun trains only what is missing. The file name should carry
-    :func:`results_key` so another protocol never reads these rows.
+    run: a :class:`datamodels.runs.Run`; dm: its fitted datamodels (read from the run if None).
     """
-    from pathlib import Path
+    dm = dm if dm is not None else run.load_fit()
+    store = run.store(mode="r")
+    rows = run.heldout_rows()
+    masks, actual = store.read(rows)
+    predicted = dm.predict(masks)
+    res = lds(predicted, actual, alpha=store.spec.experiment.alpha, runs_per_subset=1,
+              source=f"models {rows.min() if len(rows) else 0}..{store.n_models - 1} of the store, never fitted")
+    return predicted, actual, res
 
-    from .train import load_train_data, train_block
 
-    indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-    masks = np.asarray(masks, dtype=bool)
-    N = len(indices)
-    key = results_key(spec, indices, masks)
-    margins, done = None, np.zeros(N, dtype=bool)
-    path = Path(cache) if cache else None
-    if path is not None and path.is_file():
-        with np.load(path) as z:
-            if str(z["key"]) == key:
-                margins, done = z["margins"].copy(), z["done"].copy()
-    if done.all() and margins is not None:
-        return margins
-    data = data if data is not None else load_train_data(spec, data_dir)
-    k = int(data.target_x.shape[0])
-    if margins is None:
-        margins = np.full((N, k), np.nan, dtype=np.float32)
-    todo = np.flatnonzero(~done)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+def heldout_lds(run, dm=None) -> LDSResult:
+    """The LDS of a run's fit on its held-out models."""
+    return heldout_predictions(run, dm)[2]
 
-        bar = tqdm(total=N, initial=N - len(todo), unit="model", desc=desc)
-    for s in range(0, len(todo), chunk):
-        sel = todo[s:s + chunk]
-        margins[sel] = train_block(spec, data, indices[sel], masks[sel])["margins"]
-        done[sel] = True
-        if path is not None:
-            save_npz(path, key=key, margins=margins, done=done)
-        if bar is not None:
-            bar.update(len(sel))
-    if bar is not None:
-        bar.close()
-    return margins
 
 
 @dataclass
@@ -181,15 +137,13 @@ def train_ground_truth(spec, data_dir, cache_dir=None, n_subsets: int = 100, run
     min_offset: the store's n_models; the offset must lie beyond it so no
     fresh model shares a seed with a stored one.
     """
-    from pathlib import Path
-
     if offset < min_offset:
         raise DatamodelsError(f"offset = {offset} must be at least the store's n_models ({min_offset}) "
                               "so fresh models never reuse a stored model's seed.")
     e = spec.experiment
     if n_train is None:
-        from .runs import beton_length
-        from .data import beton_paths
+        from ..data import beton_paths
+        from ..runs import beton_length
 
         n_train = beton_length(beton_paths(data_dir)["train"])
     masks, indices = ground_truth_design(e.seed, n_train, e.alpha, e.sampler, n_subsets, runs, offset)
@@ -235,126 +189,4 @@ def lds_ground_truth(predicted: np.ndarray, gt: GroundTruth, targets: str = "all
         "per_target_quartiles": [round(float(q), 4) for q in np.nanpercentile(per, [25, 50, 75])],
         "protocol": {**gt.protocol, "targets": targets,
                      "source": "fresh subsets trained for evaluation, runs averaged"},
-    }
-
-
-# ---------------------------------------------------------------------- retrain-to-verify
-def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, n_bases: int, runs: int,
-                   base: str = "alpha", offset: int = VERIFY_OFFSET) -> dict:
-    """Which models to train to check predicted removal effects.
-
-    For each base b (a fresh alpha-subset, or the full pool), target t and size s,
-    the removal set is the s largest positive influencers of t inside base b.
-    Run r of base b uses model index offset + b*runs + r for the base model and for
-    every removal from that base, so each actual change is a paired difference
-    (same init, same data-order stream) and seed noise largely cancels.
-    Returns arrays: masks bool[N, n], indices int64[N], and for the removal jobs
-    job_target, job_size, job_base (int64[N], -1 for base models), predicted
-    float64[T, len(sizes), B], removed int64[T, len(sizes), B] (set sizes used).
-    """
-    targets = np.asarray([attr.check_target(int(t)) for t in targets], dtype=np.int64)
-    sizes = np.asarray(sizes, dtype=np.int64)
-    if len(sizes) == 0 or (sizes < 1).any():
-        raise DatamodelsError(f"sizes = {sizes.tolist()} must be positive removal sizes.")
-    if base not in ("alpha", "full"):
-        raise DatamodelsError(f"base = {base!r} must be 'alpha' or 'full'.")
-    if n_bases < 1 or runs < 1:
-        raise DatamodelsError(f"bases = {n_bases} and runs = {runs} must be at least 1.")
-    n = attr.n_train
-    idx = offset + np.arange(n_bases * runs, dtype=np.int64).reshape(n_bases, runs)
-    if base == "full":
-        bases = np.ones((n_bases, n), dtype=bool)
-    else:
-        bases = np.stack([sample_mask(seed, int(i), n, alpha, sampler) for i in idx[:, 0]])
-    T, Z, B = len(targets), len(sizes), n_bases
-    masks, indices, jt, js, jb = [], [], [], [], []
-    for b in range(B):
-        for r in range(runs):
-            masks.append(bases[b])
-            indices.append(idx[b, r])
-            jt.append(-1), js.append(-1), jb.append(b)
-    predicted = np.zeros((T, Z, B))
-    removed = np.zeros((T, Z, B), dtype=np.int64)
-    for ti, t in enumerate(targets):
-        w = attr.coef[:, t]
-        for b in range(B):
-            cand = np.flatnonzero(bases[b] & (w > 0))
-            cand = cand[np.argsort(-w[cand], kind="stable")]
-            for zi, s in enumerate(sizes):
-                S = cand[:s]
-                predicted[ti, zi, b] = -w[S].sum()
-                removed[ti, zi, b] = len(S)
-                m = bases[b].copy()
-                m[S] = False
-                for r in range(runs):
-                    masks.append(m)
-                    indices.append(idx[b, r])
-                    jt.append(ti), js.append(zi), jb.append(b)
-    return {"masks": np.stack(masks), "indices": np.asarray(indices, dtype=np.int64),
-            "job_target": np.asarray(jt), "job_size": np.asarray(js), "job_base": np.asarray(jb),
-            "targets": targets, "sizes": sizes, "bases": bases, "runs": runs, "predicted": predicted,
-            "removed": removed, "base": base, "offset": offset}
-
-
-def actual_removal_effects(design: dict, margins: np.ndarray) -> np.ndarray:
-    """Actual margin change float64[T, Z, B]: removal model minus its paired base model, averaged over runs."""
-    T, Z, B = design["predicted"].shape
-    R = design["runs"]
-    targets = design["targets"]
-    # base models come first in the design, base b run r at row b*R + r
-    out = np.zeros((T, Z, B))
-    counts = np.zeros((T, Z, B))
-    for row in range(B * R, len(design["indices"])):
-        ti, zi, b = design["job_target"][row], design["job_size"][row], design["job_base"][row]
-        r = (row - B * R) % R
-        t = targets[ti]
-        out[ti, zi, b] += float(margins[row, t]) - float(margins[b * R + r, t])
-        counts[ti, zi, b] += 1
-    return out / counts
-
-
-def verify_removals(attr, spec, data_dir, targets, sizes=(5, 10, 20, 40), n_bases: int = 2, runs: int = 5,
-                    base: str = "alpha", offset: int = VERIFY_OFFSET, cache_dir=None, progress: bool = True) -> dict:
-    """Retrain-to-verify: remove each target's top positive influencers, retrain, compare with the prediction.
-
-    Returns a dict with the Spearman and Pearson correlations between predicted
-    and actual margin changes over all (target, size) pairs (each averaged over
-    bases), per-size means, and the protocol; "pairs" holds the raw numbers.
-    """
-    from pathlib import Path
-
-    from scipy.stats import pearsonr, spearmanr
-
-    e = spec.experiment
-    d = removal_design(attr, e.seed, e.alpha, e.sampler, targets, sizes, n_bases, runs, base, offset)
-    key = results_key(spec, d["indices"], d["masks"])
-    cache = Path(cache_dir) / f"verify-{key}.npz" if cache_dir else None
-    margins = train_models(spec, data_dir, d["indices"], d["masks"], cache=cache, progress=progress)
-    actual = actual_removal_effects(d, margins)
-    pred_tz = d["predicted"].mean(axis=2)
-    act_tz = actual.mean(axis=2)
-    p, a = pred_tz.ravel(), act_tz.ravel()
-    R = d["runs"]
-    B = d["bases"].shape[0]
-    base_margin = np.stack([margins[b * R:(b + 1) * R, d["targets"]].mean(axis=0) for b in range(B)]).mean(axis=0)
-    per_size = []
-    for zi, s in enumerate(d["sizes"]):
-        per_size.append({"size": int(s), "predicted_mean": round(float(pred_tz[:, zi].mean()), 4),
-                         "actual_mean": round(float(act_tz[:, zi].mean()), 4),
-                         "spearman": round(float(spearmanr(pred_tz[:, zi], act_tz[:, zi]).statistic), 4)})
-    return {
-        "spearman": round(float(spearmanr(p, a).statistic), 4),
-        "pearson": round(float(pearsonr(p, a).statistic), 4),
-        "n_pairs": int(p.size),
-        "per_size": per_size,
-        "flipped_actual": int(((base_margin[:, None] > 0) & (base_margin[:, None] + act_tz < 0)).sum()),
-        "flipped_predicted": int(((base_margin[:, None] > 0) & (base_margin[:, None] + pred_tz < 0)).sum()),
-        "protocol": {"base": base, "n_bases": int(B), "runs_per_base": int(R), "n_targets": int(len(d["targets"])),
-                     "sizes": [int(s) for s in d["sizes"]], "alpha": float(e.alpha), "index_offset": int(offset),
-                     "removal": "top positive influencers of the target inside each base subset",
-                     "actual": "removal model minus the base model with the same seed, averaged over runs and bases",
-                     "models_trained": int(len(d["indices"])), "key": key},
-        "pairs": {"targets": d["targets"].tolist(), "predicted": np.round(pred_tz, 5).tolist(),
-                  "actual": np.round(act_tz, 5).tolist(), "removed": d["removed"].min(axis=2).tolist(),
-                  "base_margin": np.round(base_margin, 5).tolist()},
     }

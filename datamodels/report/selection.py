@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .protocol import METHODS
+from ..io import save_figure
+from ..select.methods import METHODS
 
 
 def collect(select_dir) -> list[dict]:
@@ -66,5 +67,5 @@ def plot_selection(path, groups: list[dict]) -> None:
             ax.set_ylabel("accuracy, evaluation half (mean ± std)")
         row[-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)

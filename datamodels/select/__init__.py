@@ -1,6 +1,6 @@
 """Subset selection for a shifted target distribution, from fitted datamodels, checked by retraining.
 
-:mod:`.objectives` (what a subset is predicted to score on the targets),
+:mod:`.methods` (the method names), :mod:`.objectives` (what a subset is predicted to score on the targets),
 :mod:`.algorithms` (datamodel selection at a budget), :mod:`.baselines`
 (random, class-balanced, nearest-neighbour similarity, the full pool),
 :mod:`.verify` (retraining the chosen subsets) and :mod:`.protocol` (the honest
@@ -10,9 +10,10 @@ selection / evaluation split and :func:`select_subsets`, which the
 
 from .algorithms import best_subset_brute_force, select_by_accuracy, select_by_margin, top_k
 from .baselines import balanced_subset, random_subset, similarity_subset
+from .methods import METHODS, parse_methods
 from .objectives import TargetObjective
-from .protocol import METHODS, budget_size, choose_subsets, select_subsets, split_halves
+from .protocol import budget_size, choose_subsets, select_subsets, split_halves
 
 __all__ = ["METHODS", "TargetObjective", "balanced_subset", "best_subset_brute_force", "budget_size",
-           "choose_subsets", "random_subset", "select_by_accuracy", "select_by_margin", "select_subsets",
-           "similarity_subset", "split_halves", "top_k"]
+           "choose_subsets", "parse_methods", "random_subset", "select_by_accuracy", "select_by_margin",
+           "select_subsets", "similarity_subset", "split_halves", "top_k"]

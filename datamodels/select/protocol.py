@@ -34,25 +34,10 @@ from ..errors import DatamodelsError
 from ..io import save_npz, write_json
 from .algorithms import select_by_accuracy, select_by_margin
 from .baselines import balanced_subset, random_subset, similarity_subset
+from .methods import METHODS, RANDOMISED, parse_methods
 from .objectives import TargetObjective
 from ..seeds import SELECT_OFFSET, split_rng
 from .verify import accuracy, retrain_margins
-
-METHODS = ("datamodels", "datamodels_acc", "random", "balanced", "similarity", "full")
-RANDOMISED = ("random", "balanced")  # a fresh draw per retrained model
-
-
-def parse_methods(methods) -> tuple[str, ...]:
-    """'datamodels,random' or a sequence -> a tuple of known method names, in the order given."""
-    names = [m.strip() for m in methods.split(",")] if isinstance(methods, str) else [str(m) for m in methods]
-    names = [m for m in names if m]
-    if not names:
-        raise DatamodelsError(f"methods = {methods!r} must name at least one of {', '.join(METHODS)}.")
-    for m in names:
-        if m not in METHODS:
-            raise DatamodelsError(f"method = {m!r} is not one of {', '.join(METHODS)}.")
-    return tuple(dict.fromkeys(names))
-
 
 def budget_size(budget, n: int) -> int:
     """Subset size k for a budget: a fraction in (0, 1] of the pool of n, or a whole count 1..n."""
@@ -159,8 +144,8 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     temperature) is refused, not replaced. Retrained margins are cached in
     RUN/select/cache.
     """
+    from ..attribution import Attribution
     from ..runs import Run, open_run
-    from ..report import attribution
     from ..train import load_train_data
 
     run = run if isinstance(run, Run) else open_run(run)
@@ -173,7 +158,7 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         raise DatamodelsError(f"temperature = {temperature!r} must be positive.")
     store = run.store(mode="r")
     k = budget_size(budget, store.n_train)
-    attr = attribution(run)  # raises, in one sentence, when the run has no fit
+    attr = Attribution.from_run(run, labels=False)  # raises, in one sentence, when the run has no fit
     if target_set == "train":
         raise DatamodelsError("target set = 'train' is the training pool itself; select for a held-out target set.")
     columns = attr.columns([target_set])  # raises when the fit has no such set

@@ -4,7 +4,7 @@ Model r of every method gets the same model index (seed) ``offset + r``, so
 methods are compared on paired seeds (same initialisation and data-order
 stream); a method with several masks (random draws) trains draw r with seed r.
 Results are cached under a key of the spec, the seeds and the masks
-(:func:`datamodels.evaluate.results_key`), so a rerun trains only what is missing.
+(:func:`datamodels.evaluate.retrain.results_key`), so a rerun trains only what is missing.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluate import results_key, train_models
+from ..evaluate.retrain import results_key, train_models
 from ..seeds import SELECT_OFFSET
 
 
