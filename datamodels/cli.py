@@ -35,6 +35,9 @@ def cmd_run(a) -> int:
 
     run = open_run(a.run)
     run.check_inputs()  # a pool or target file changed since init: refuse before training on stale data
+    from .train.block import check_trainable
+
+    check_trainable(run.spec)  # the trainer, function or model the spec names imports here, or one sentence
     if a.executor == "local":
         from .exec.local import run_local
 

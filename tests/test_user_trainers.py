@@ -171,3 +171,16 @@ def test_a_run_keeps_each_failed_rows_reason_and_can_be_read_without_the_users_c
     rc, out, err = _cli("status", run)
     assert rc == 0, err
     assert "model 2 cannot be trained today" in out + err
+
+
+def test_datamodels_run_with_a_function_that_does_not_import_exits_2_in_one_sentence(tmp_path):
+    spec = write_spec(tmp_path / "spec.toml", **{**SMALL, "trainer": {**SMALL["trainer"], "kind": "python",
+                                                                      "function": "no_such_module_xyz:fit"}})
+    run = tmp_path / "run"
+    rc, out, err = _cli("init", spec, run)
+    assert rc == 0, err  # init reads the spec's names, imports none of them
+    rc, out, err = _cli("run", run, "--workers", "1", "--quiet")
+    assert_one_sentence(rc, err, "trainer.function = 'no_such_module_xyz:fit' does not import",
+                        "No module named 'no_such_module_xyz'")
+    rc, out, err = _cli("status", run)
+    assert rc == 0, err  # the run is intact and readable
