@@ -131,6 +131,7 @@ def import_fit(paths, out_path, n_train: int | None = None):
     convention); the lambda path and validation metrics are unknown (NaN).
     """
     from .regress import Datamodels
+    from .regress.estimator import FittedArrays
 
     parts = [_read_pt(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     W = np.concatenate([p["weight"] for p in parts], axis=1).astype(np.float32)
@@ -142,12 +143,11 @@ def import_fit(paths, out_path, n_train: int | None = None):
     if n_train is not None and W.shape[0] != n_train:
         raise DatamodelsError(f"datamodels weight has {W.shape[0]} rows; the store has n_train = {n_train}.")
     k = W.shape[1]
-    dm = Datamodels(n_lambdas=1)
-    dm._set({"coef": W, "intercept": b, "lam": lam, "lambdas": lam[None, :].copy(),
-             "val_mse_path": np.full((1, k), np.nan), "val_mse": np.full(k, np.nan),
-             "n_nonzero": np.count_nonzero(W, axis=0)})
-    dm.fit_settings_ = {**dm.settings(), "source": "imported",
-                        "files": [str(Path(p).resolve()) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]}
+    arrays = FittedArrays(coef=W, intercept=b, lam=lam, lambdas=lam[None, :].copy(),
+                          val_mse_path=np.full((1, k), np.nan), val_mse=np.full(k, np.nan),
+                          n_nonzero=np.count_nonzero(W, axis=0))
+    files = [str(Path(p).resolve()) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    dm = Datamodels.from_arrays(arrays, {**Datamodels(n_lambdas=1).settings(), "source": "imported", "files": files})
     dm.save(out_path)
     return dm
 

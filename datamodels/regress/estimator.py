@@ -9,15 +9,43 @@ lives inside the fit only.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, NamedTuple
 
 import numpy as np
 
 from ..errors import DatamodelsError
 from .moments import Moments, accumulate, gram_fit_bytes, gram_problems, machine_bytes
 from .solver import lasso_at, lasso_path
+from .storage import read_fit, write_fit
 
 SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype")
+
+
+class FittedArrays(NamedTuple):
+    """What a fit learns, per target, in raw mask units (``margins ~= masks @ coef + intercept``)."""
+
+    coef: np.ndarray  # float32[n, k]
+    intercept: np.ndarray  # float32[k]
+    lam: np.ndarray  # float64[k] chosen lambda (sklearn's alpha)
+    lambdas: np.ndarray  # float64[L, k] each target's grid
+    val_mse_path: np.ndarray  # float64[L, k] NaN beyond a target's early stop
+    val_mse: np.ndarray  # float64[k] at the chosen lambda
+    n_nonzero: np.ndarray  # int64[k]
+
+    @classmethod
+    def from_stored(cls, arrays: dict[str, np.ndarray]) -> "FittedArrays":
+        """From the arrays of a fit group (:mod:`.storage`), named as stored."""
+        return cls(**{f: arrays[STORED_AS[f]] for f in cls._fields})
+
+    def stored(self) -> dict[str, np.ndarray]:
+        """The arrays named as a fit group stores them (weight, bias, ... : the release's names)."""
+        return {STORED_AS[f]: v for f, v in zip(self._fields, self)}
+
+
+# field -> array name in the fit group (weight and bias are the names the datamodels release uses)
+STORED_AS = {"coef": "weight", "intercept": "bias", "lam": "lam", "lambdas": "lambdas",
+             "val_mse_path": "val_mse_path", "val_mse": "val_mse", "n_nonzero": "n_nonzero"}
+SOLVERS = ("auto", "gram", "streaming")
 
 
 def _err(field: str, value: Any, why: str) -> DatamodelsError:
@@ -58,7 +86,11 @@ class Datamodels:
     stated bound (:func:`.moments.gram_fit_bytes`: two n x n matrices in
     `dtype`, X^T y of train and validation rows, the weights, one block of
     targets' working arrays and one block of mask rows) exceeds it is refused
-    in one sentence before anything is allocated.
+    in one sentence before anything is allocated. solver: "gram" (two n x n
+    matrices, :mod:`.solver`), "streaming" (bit-packed masks and m x
+    block_targets residuals, never an n x n matrix, :mod:`.streaming`; the same
+    objective, grid, choice and refit) or "auto" (default): the Gram fit when
+    its bound fits the memory, else the streaming fit.
 
     Learned: coef_ float32[n, k]; intercept_ float32[k]; lam_ (= alpha_)
     float64[k]; lambdas_ float64[n_lambdas, k]; val_mse_path_ float64[n_lambdas, k]
@@ -68,7 +100,7 @@ class Datamodels:
 
     def __init__(self, n_lambdas=50, lambda_ratio=1e-3, val_fraction=0.1, max_iter=200, tol=1e-4,
                  exclude_self=None, xp=None, block_targets=1024, progress=False, patience=5,
-                 dtype="float32", max_memory=None):
+                 dtype="float32", max_memory=None, solver="auto"):
         self.n_lambdas = n_lambdas
         self.lambda_ratio = lambda_ratio
         self.val_fraction = val_fraction
@@ -81,9 +113,11 @@ class Datamodels:
         self.patience = patience
         self.dtype = dtype
         self.max_memory = max_memory
+        self.solver = solver
 
     # ------------------------------------------------------------------ settings
-    def _validate(self) -> None:
+    def validate(self) -> None:
+        """Check the settings; the first bad one raises DatamodelsError naming the field and value."""
         if not (isinstance(self.n_lambdas, (int, np.integer)) and self.n_lambdas >= 1):
             raise _err("n_lambdas", self.n_lambdas, "must be an integer of at least 1")
         if not (0 < float(self.lambda_ratio) < 1):
@@ -100,6 +134,8 @@ class Datamodels:
             raise _err("patience", self.patience, "must be None or an integer of at least 1")
         if self.dtype not in ("float32", "float64"):
             raise _err("dtype", self.dtype, "must be 'float32' or 'float64'")
+        if self.solver not in SOLVERS:
+            raise _err("solver", self.solver, "must be one of " + ", ".join(repr(x) for x in SOLVERS))
 
     def settings(self) -> dict[str, Any]:
         out = {}
@@ -121,7 +157,7 @@ class Datamodels:
     # ------------------------------------------------------------------ fit
     def fit(self, masks, margins) -> "Datamodels":
         """masks: bool[m, n] (rows in model order); margins: float[m, k]. Returns self."""
-        self._validate()
+        self.validate()
         masks = np.asarray(masks)
         margins = np.asarray(margins)
         if masks.ndim != 2:
@@ -141,7 +177,7 @@ class Datamodels:
                 e = min(hi, s + block)
                 yield masks[s:e], margins[s:e]
 
-        self._fit_rows(rows, m, n_val, masks.shape[1], k, exclude)
+        self.fit_rows(rows, m, n_val, masks.shape[1], k, exclude)
         return self
 
     def n_val(self, m: int) -> int:
@@ -162,22 +198,54 @@ class Datamodels:
             raise _err("exclude_self", int(ex[(ex < -1) | (ex >= n)][0]), f"must be -1 or a training index in 0..{n - 1}")
         return ex
 
-    def _fit_rows(self, rows: Callable, m: int, n_val: int, n: int, k: int, exclude,
+    def fit_rows(self, rows: Callable, m: int, n_val: int, n: int, k: int, exclude,
                   blocks_done: Callable | None = None, on_block: Callable | None = None,
-                  prior: dict | None = None) -> None:
-        """Shared by fit and fit_store: `rows(lo, hi)` yields (masks, margins) blocks in order."""
+                  prior: FittedArrays | None = None, settings: dict | None = None) -> None:
+        """Fit from rows streamed in model order (fit and :func:`.fit_store` share this).
+
+        rows(lo, hi) yields (masks bool[b, n], margins float[b, k]) blocks of rows
+        lo..hi-1; the last n_val rows choose lambda; exclude: int[k] or None (see
+        the class doc). Targets are solved block_targets at a time: a block for
+        which blocks_done(b) is true keeps its arrays from `prior`; after each
+        solved block on_block(b, targets slice, FittedArrays of the block) is
+        called. settings: what ``fit_settings_`` records (default: :meth:`settings`).
+        """
         n_tr = m - n_val
         xp = self._xp()
-        self.check_memory(n, k, xp)
-        y0 = _first_mean(rows, n_tr, k)
-        dtype = getattr(xp, self.dtype)
-        tr, va = Moments.zeros(n, k, y0, xp, dtype), Moments.zeros(n, k, y0, xp, dtype)
-        for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
-            for mb, yb in rows(lo, hi):
-                accumulate(acc, mb, yb, xp=xp)
-        P, V, A = gram_problems(tr, va)
-        del tr, va
-        out = prior if prior is not None else _empty(n, k, self.n_lambdas)
+        self.solver_ = self.check_memory(n, k, xp, m)
+        if self.solver_ == "gram":
+            y0 = _first_mean(rows, n_tr, k)
+            dtype = getattr(xp, self.dtype)
+            tr, va = Moments.zeros(n, k, y0, xp, dtype), Moments.zeros(n, k, y0, xp, dtype)
+            for lo, hi, acc in ((0, n_tr, tr), (n_tr, m, va)):
+                for mb, yb in rows(lo, hi):
+                    accumulate(acc, mb, yb, xp=xp)
+            P, V, A = gram_problems(tr, va)
+            del tr, va
+
+            def plain(sel):
+                return self._solve(P.targets(sel), V.targets(sel), A.targets(sel))
+
+            def g_train():
+                return P.G
+        else:
+            from .streaming import PackedMasks, diag_gram
+
+            packs = (PackedMasks(n_tr, n), PackedMasks(m - n_tr, n))
+            Y = np.empty((m, k), dtype=np.float32)
+            for lo, hi, pk in ((0, n_tr, packs[0]), (n_tr, m, packs[1])):
+                r = lo
+                for mb, yb in rows(lo, hi):
+                    pk.add(mb)
+                    Y[r:r + len(yb)] = yb
+                    r += len(yb)
+
+            def plain(sel):
+                return self._solve_streaming(packs, Y, sel, n_tr)
+
+            def g_train():
+                return diag_gram([packs[0]])
+        out = prior._asdict() if prior is not None else _empty(n, k, self.n_lambdas)
         bt = int(self.block_targets)
         starts = list(range(0, k, bt))
         it = starts
@@ -188,27 +256,33 @@ class Datamodels:
             if blocks_done is not None and blocks_done(b):
                 continue
             sl = slice(s, min(k, s + bt))
-            res = self._fit_block(P, V, A, rows, n_tr, m, None if exclude is None else exclude[sl],
+            res = self._fit_block(plain, g_train, rows, n_tr, m, None if exclude is None else exclude[sl],
                                   np.arange(sl.start, sl.stop))
             for key, v in res.items():
                 out[key][..., sl] = v
             if on_block is not None:
-                on_block(b, sl, res)
-        self._set(out)
+                on_block(b, sl, FittedArrays(**res))
+        self._set(FittedArrays(**out), settings)
 
-    def _fit_block(self, P, V, A, rows, n_tr: int, m: int, exclude, cols: np.ndarray) -> dict[str, np.ndarray]:
-        """One block of targets (global columns `cols`) of the problems of all targets; exclude: int[len(cols)] or None."""
+    def _fit_block(self, solve, g_train, rows, n_tr: int, m: int, exclude, cols: np.ndarray) -> dict[str, np.ndarray]:
+        """One block of targets (global columns `cols`); exclude: int[len(cols)] or None.
+
+        solve(sel): the result dict of the targets `sel` (a slice or global indices) that use all
+        rows; g_train(): the training Gram or its diagonal blocks (block steps of the exclude_self solver).
+        """
         k = len(cols)
-        res = _empty(P.G.shape[0], k, self.n_lambdas)
+        res = None
         plain = np.arange(k) if exclude is None else np.flatnonzero(exclude < 0)
         if len(plain):
             sel = slice(int(cols[0]), int(cols[-1]) + 1) if len(plain) == k else cols[plain]
-            r = self._solve(P.targets(sel), V.targets(sel), A.targets(sel))
+            r = solve(sel)
+            res = _empty(r["coef"].shape[0], k, self.n_lambdas)
             for key, v in r.items():
                 res[key][..., plain] = v
         if exclude is not None and (exclude >= 0).any():
             tg = np.flatnonzero(exclude >= 0)
-            r = self._solve_rows(P.G, rows, n_tr, m, exclude[tg], cols[tg])
+            r = self._solve_rows(g_train(), rows, n_tr, m, exclude[tg], cols[tg])
+            res = res if res is not None else _empty(r["coef"].shape[0], k, self.n_lambdas)
             for key, v in r.items():
                 res[key][..., tg] = v
         return res
@@ -278,29 +352,75 @@ class Datamodels:
             "n_nonzero": np.count_nonzero(coef, axis=0),
         }
 
-    def _set(self, out: dict[str, np.ndarray]) -> None:
-        self.coef_ = out["coef"].astype(np.float32)
-        self.intercept_ = out["intercept"].astype(np.float32)
-        self.lam_ = out["lam"].astype(np.float64)
-        self.lambdas_ = out["lambdas"]
-        self.val_mse_path_ = out["val_mse_path"]
-        self.val_mse_ = out["val_mse"]
-        self.n_nonzero_ = out["n_nonzero"].astype(np.int64)
+    def _solve_streaming(self, packs, Y: np.ndarray, sel, n_tr: int) -> dict[str, np.ndarray]:
+        """The same fit as :meth:`_solve` from bit-packed masks, never forming an n x n matrix."""
+        from .streaming import lasso_path_streaming
+
+        return lasso_path_streaming(self._xp(), [packs[0]], [packs[1]], Y[:n_tr, sel], Y[n_tr:, sel],
+                                    n_lambdas=int(self.n_lambdas), lambda_ratio=float(self.lambda_ratio),
+                                    tol=float(self.tol), max_iter=int(self.max_iter), patience=self.patience,
+                                    dtype=self.dtype)
+
+    def _set(self, a: FittedArrays, settings: dict | None = None) -> None:
+        self.coef_ = np.asarray(a.coef).astype(np.float32)
+        self.intercept_ = np.asarray(a.intercept).astype(np.float32)
+        self.lam_ = np.asarray(a.lam).astype(np.float64)
+        self.lambdas_ = np.asarray(a.lambdas)
+        self.val_mse_path_ = np.asarray(a.val_mse_path)
+        self.val_mse_ = np.asarray(a.val_mse)
+        self.n_nonzero_ = np.asarray(a.n_nonzero).astype(np.int64)
+        self.fit_settings_ = dict(settings) if settings is not None else self.settings()
+
+    @classmethod
+    def from_arrays(cls, arrays: FittedArrays, settings: dict | None = None) -> "Datamodels":
+        """A fitted estimator from its arrays (a stored or imported fit); settings: as ``fit_settings_``
+        records them, the estimator's own settings taken from it."""
+        settings = dict(settings or {})
+        est = cls(**{s: settings[s] for s in SETTINGS if s in settings})
+        est._set(arrays, settings or None)
+        return est
+
+    def fitted_arrays(self) -> FittedArrays:
+        """The learned arrays as one named tuple (what :meth:`save` writes)."""
+        self._check_fitted()
+        return FittedArrays(self.coef_, self.intercept_, self.lam_, self.lambdas_, self.val_mse_path_,
+                            self.val_mse_, self.n_nonzero_)
 
     def memory_bytes(self, n: int, k: int) -> dict[str, int]:
         """The stated memory bound of a fit of n training examples and k targets, by part (bytes)."""
         return gram_fit_bytes(n, k, int(self.block_targets), np.dtype(self.dtype).itemsize)
 
-    def check_memory(self, n: int, k: int, xp=None) -> None:
-        """Refuse, in one sentence and before allocating, a fit whose bound exceeds the memory available."""
+    def streaming_memory_bytes(self, n: int, m: int, k: int) -> dict[str, int]:
+        """The streaming fit's memory bound by part (bytes): packed masks, margins, residuals, weights."""
+        from .streaming import streaming_fit_bytes
+
+        out = streaming_fit_bytes(n, m, k, int(self.block_targets), itemsize=np.dtype(self.dtype).itemsize)
+        out["margins"] = 4 * m * k
+        out["total"] += out["margins"]
+        return out
+
+    def check_memory(self, n: int, k: int, xp=None, m: int = 0) -> str:
+        """The solver to use ("gram" or "streaming"); refuses, in one sentence and before allocating,
+        a fit whose stated bound exceeds the memory available (max_memory, else the machine's)."""
         need = self.memory_bytes(n, k)
         have = int(self.max_memory) if self.max_memory is not None else machine_bytes(xp)
-        if need["total"] > have:
-            where = "max_memory" if self.max_memory is not None else "this machine's memory"
+        where = "max_memory" if self.max_memory is not None else "this machine's memory"
+        if self.solver == "gram" or (self.solver == "auto" and need["total"] <= have):
+            if need["total"] > have:
+                raise DatamodelsError(
+                    f"a fit of n = {n} training examples and k = {k} targets needs about {need['total'] / 1e9:.1f} GB "
+                    f"(two {n} x {n} {self.dtype} Gram matrices are {need['grams'] / 1e9:.1f} GB of it), more than "
+                    f"{where} ({have / 1e9:.1f} GB); use solver='streaming', a machine with more memory or fewer "
+                    "training examples.")
+            return "gram"
+        st = self.streaming_memory_bytes(n, m, k)
+        if st["total"] > have:
             raise DatamodelsError(
-                f"a fit of n = {n} training examples and k = {k} targets needs about {need['total'] / 1e9:.1f} GB "
-                f"(two {n} x {n} {self.dtype} Gram matrices are {need['grams'] / 1e9:.1f} GB of it), more than "
-                f"{where} ({have / 1e9:.1f} GB); use a machine with more memory or fewer training examples.")
+                f"a fit of n = {n} training examples, m = {m} models and k = {k} targets needs about "
+                f"{min(need['total'], st['total']) / 1e9:.1f} GB even streaming the masks (Gram solver "
+                f"{need['total'] / 1e9:.1f} GB), more than {where} ({have / 1e9:.1f} GB); use a smaller "
+                "block_targets or a machine with more memory.")
+        return "streaming"
 
     @property
     def alpha_(self) -> np.ndarray:
@@ -322,14 +442,13 @@ class Datamodels:
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
         """Write a zarr group: weight [n, k], bias [k], lam [k], lambdas, val metrics, settings."""
-        self._check_fitted()
-        from .storage import write_fit
-        write_fit(path, self)
+        write_fit(path, self.fitted_arrays().stored(), dict(self.fit_settings_))
 
     @classmethod
     def load(cls, path) -> "Datamodels":
-        from .storage import read_fit
-        return read_fit(path, cls)
+        """A fit saved by :meth:`save` or :func:`.fit_store`; one sentence if it is missing or unfinished."""
+        arrays, settings = read_fit(path)
+        return cls.from_arrays(FittedArrays.from_stored(arrays), settings)
 
 
 def _default_device(xp):

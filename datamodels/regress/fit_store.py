@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import DatamodelsError
-from .estimator import Datamodels
+from .estimator import Datamodels, FittedArrays
 from .storage import blocks_done, create_fit, open_fit, read_arrays, write_block
 
 READ_BLOCK = 4096  # rows read from the store at once: bounds memory, amortises zarr's per-call cost
@@ -67,7 +67,7 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
                      val_fraction=fit_spec.val_fraction, max_iter=fit_spec.max_iter, tol=fit_spec.tol,
                      exclude_self=exclude, xp=xp, block_targets=int(getattr(fit_spec, "block_targets", 1024)),
                      progress=progress, patience=int(getattr(fit_spec, "patience", 5)) or None)
-    est._validate()
+    est.validate()
     m = len(idx)
     if m < 3:
         raise DatamodelsError(f"done models below index {cutoff} = {m}; the fit needs at least 3 (run more models).")
@@ -90,19 +90,18 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
     if g is None:
         g = create_fit(out_path, n, k, L, est.block_targets, settings)
     done = blocks_done(g)
-    prior = read_arrays(g)
+    prior = FittedArrays.from_stored(read_arrays(g))
 
     def rows(lo: int, hi: int):
         for s in range(lo, hi, READ_BLOCK):
             yield store.read(idx[s:min(hi, s + READ_BLOCK)])
 
-    def written(b: int, sl: slice, res: dict) -> None:
-        write_block(g, b, sl, res)
+    def written(b: int, sl: slice, res: FittedArrays) -> None:
+        write_block(g, b, sl, res.stored())
         if on_block is not None:
             on_block(b, sl)
 
-    est._fit_rows(rows, m, n_val, n, k, exclude, blocks_done=lambda b: bool(done[b]), on_block=written,
-                  prior=prior)
+    est.fit_rows(rows, m, n_val, n, k, exclude, blocks_done=lambda b: bool(done[b]), on_block=written,
+                 prior=prior, settings=settings)
     g.attrs["complete"] = True
-    est.fit_settings_ = settings
     return est

@@ -14,6 +14,9 @@ Layout (k targets, n training examples, L lambdas, B targets per block)::
 
 A block's chunks belong to it alone and its done flag is written last, so a fit
 killed mid-block leaves that block not done and resumes there.
+
+This module knows arrays and settings only: which estimator attribute each
+array holds is the estimator's business (:class:`.estimator.FittedArrays`).
 """
 
 from __future__ import annotations
@@ -26,16 +29,10 @@ import numpy as np
 import zarr
 
 from ..errors import DatamodelsError
-from .estimator import SETTINGS
 
 FORMAT = "datamodels-fit"
 FORMAT_VERSION = 1
 ARRAYS = ("weight", "bias", "lam", "lambdas", "val_mse_path", "val_mse", "n_nonzero")
-# estimator attribute <- stored array
-ATTR = {"coef_": "weight", "intercept_": "bias", "lam_": "lam", "lambdas_": "lambdas",
-        "val_mse_path_": "val_mse_path", "val_mse_": "val_mse", "n_nonzero_": "n_nonzero"}
-KEY = {"weight": "coef", "bias": "intercept", "lam": "lam", "lambdas": "lambdas",
-       "val_mse_path": "val_mse_path", "val_mse": "val_mse", "n_nonzero": "n_nonzero"}
 
 
 def create_fit(path, n: int, k: int, L: int, block: int, settings: dict[str, Any]) -> zarr.Group:
@@ -72,10 +69,10 @@ def open_fit(path) -> zarr.Group | None:
     return g
 
 
-def write_block(g: zarr.Group, b: int, sl: slice, res: dict[str, np.ndarray]) -> None:
-    """Write one block's results (dict keyed like the estimator's internals), then mark it done."""
+def write_block(g: zarr.Group, b: int, sl: slice, arrays: dict[str, np.ndarray]) -> None:
+    """Write one block's arrays (named as in ARRAYS; targets `sl`), then mark block b done."""
     for name in ARRAYS:
-        v = np.asarray(res[KEY[name]])
+        v = np.asarray(arrays[name])
         if v.ndim == 2:
             g[name][:, sl] = v
         else:
@@ -84,30 +81,28 @@ def write_block(g: zarr.Group, b: int, sl: slice, res: dict[str, np.ndarray]) ->
 
 
 def blocks_done(g: zarr.Group) -> np.ndarray:
+    """bool[number of blocks]: which blocks of targets are written."""
     return np.asarray(g["blocks_done"][:])
 
 
 def read_arrays(g: zarr.Group) -> dict[str, np.ndarray]:
-    return {KEY[name]: np.asarray(g[name][:]) for name in ARRAYS}
+    """Every array of the group, named as in ARRAYS."""
+    return {name: np.asarray(g[name][:]) for name in ARRAYS}
 
 
-def write_fit(path, est) -> None:
-    k = est.coef_.shape[1]
-    settings = dict(getattr(est, "fit_settings_", None) or est.settings())
-    g = create_fit(path, est.coef_.shape[0], k, est.lambdas_.shape[0], max(k, 1), settings)
-    arrays = {KEY[ATTR[a]]: getattr(est, a) for a in ATTR}
+def write_fit(path, arrays: dict[str, np.ndarray], settings: dict[str, Any]) -> None:
+    """A whole fit at once (one block): arrays named as in ARRAYS, weight float[n, k], lambdas float[L, k]."""
+    n, k = np.shape(arrays["weight"])
+    g = create_fit(path, n, k, np.shape(arrays["lambdas"])[0], max(k, 1), settings)
     write_block(g, 0, slice(0, k), arrays)
     g.attrs["complete"] = True
 
 
-def read_fit(path, cls):
+def read_fit(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(arrays named as in ARRAYS, settings) of a finished fit; one sentence if there is none."""
     g = open_fit(path)
     if g is None:
         raise DatamodelsError(f"fit path = {str(path)!r} does not exist.")
     if not g.attrs.get("complete") or not blocks_done(g).all():
         raise DatamodelsError(f"fit path = {str(path)!r} holds an unfinished fit; run the fit again to resume it.")
-    settings = dict(g.attrs["settings"])
-    est = cls(**{s: settings[s] for s in SETTINGS if s in settings})
-    est._set(read_arrays(g))
-    est.fit_settings_ = settings
-    return est
+    return read_arrays(g), dict(g.attrs["settings"])
