@@ -23,7 +23,13 @@ other processes hits both alike:
 Accuracies are mean test accuracies of the alpha = 0.5 models;
 ``acc_gap_same_models`` compares the two trainers on the same model indices.
 The small CNN (model.name = "cnn") is timed per process the same way, in
-float32 on both sides. Goals on the 2-core CPU: MLP >= 200 models/s and >= 20x
+float32 on both sides.
+
+``generic``: the same MLP written as a user's plain ``nn.Module``
+(``model.name = "datamodels.testing.models:mlp"``) on the generic batched
+path (torch.func vmap, :mod:`datamodels.train.vmap`), timed in the same rounds
+as the hand-written MLP (float32, the same models) and the one-at-a-time loop
+of that module (``trainer.kind = "reference"``), per process. Goals on the 2-core CPU: MLP >= 200 models/s and >= 20x
 the loop, accuracy >= 0.93 and within 0.5 points; CNN batched >= 5x the loop.
 """
 
@@ -129,6 +135,50 @@ def side_by_side(spec, loop_spec, data, rounds: int, batch_models: int, loop_mod
     }
 
 
+GENERIC_MLP = "datamodels.testing.models:mlp"
+
+
+def generic_side_by_side(spec, data, rounds: int, models: int, loop_models: int, start: int) -> dict:
+    """Hand-written MLP, the same MLP as a user nn.Module on the generic batched path, and its one-model loop.
+
+    Each round trains ``models`` models by hand and generically (same indices
+    and subsets) and ``loop_models`` of them in the loop, in this process."""
+    hand = spec.replace(trainer={"precision": "fp32", "models_per_batch": models})
+    generic = hand.replace(model={"name": GENERIC_MLP})
+    e, n = spec.experiment, data.x.shape[0]
+    warm = sample_masks(e.seed, np.arange(2), n, e.alpha, e.sampler)
+    for s in (hand, generic):
+        train_block(s, data, np.arange(2), warm)
+    train_one(generic, data, 0, warm[0])
+    rates = {"hand": [], "generic": [], "loop": []}
+    acc = {"hand": [], "generic": [], "loop": []}
+    for r in range(rounds):
+        idx = np.arange(start + r * models, start + (r + 1) * models)
+        masks = sample_masks(e.seed, idx, n, e.alpha, e.sampler)
+        for key, s in (("hand", hand), ("generic", generic)):
+            t = time.perf_counter()
+            out = train_block(s, data, idx, masks, outputs=("correct",))
+            rates[key].append(len(idx) / (time.perf_counter() - t))
+            acc[key].extend(out["correct"].mean(1).tolist())
+        torch.set_num_threads(spec.trainer.threads)
+        t = time.perf_counter()
+        acc["loop"].extend(loop_accuracies(generic, data, idx[:loop_models], masks))
+        rates["loop"].append(loop_models / (time.perf_counter() - t))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    return {
+        "model": GENERIC_MLP, "precision": "fp32", "models_per_batch": models,
+        "hand_written_models_per_s": round(med["hand"], 1),
+        "generic_models_per_s": round(med["generic"], 1),
+        "loop_models_per_s": round(med["loop"], 2),
+        "generic_over_loop": round(med["generic"] / med["loop"], 1),
+        "hand_written_over_generic": round(med["hand"] / med["generic"], 1),
+        "hand_written_acc": round(float(np.mean(acc["hand"])), 4),
+        "generic_acc": round(float(np.mean(acc["generic"])), 4),
+        "loop_acc": round(float(np.mean(acc["loop"])), 4),
+        "rounds": rounds, "n_loop": len(acc["loop"]),
+    }
+
+
 def _machine_worker(spec_path, data_dir, kind, indices, barrier, queue) -> None:
     spec = load_spec(spec_path)
     loop_spec = spec.replace(trainer={"precision": "fp32"})
@@ -183,6 +233,9 @@ def main() -> None:
     ap.add_argument("--cnn-rounds", type=int, default=3)
     ap.add_argument("--cnn-models", type=int, default=100)
     ap.add_argument("--cnn-loop-models", type=int, default=3)
+    ap.add_argument("--generic-rounds", type=int, default=3)
+    ap.add_argument("--generic-models", type=int, default=100)
+    ap.add_argument("--only-generic", action="store_true", help="time the generic path alone (no mlp/cnn sections)")
     args = ap.parse_args()
 
     spec = load_spec(args.spec)
@@ -193,16 +246,22 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         build_dataset(spec.data, tmp)
         data = load_train_data(spec.replace(targets={"sets": ["test"]}), tmp)
-        # the other precision of the batched trainer, timed in the same rounds against the same loop
-        other = "bf16" if spec.trainer.precision == "fp32" else "fp32"
-        mlp = side_by_side(spec, loop_spec, data, args.rounds, spec.trainer.models_per_batch, args.loop_models,
-                           start=0, alt=(other, spec.replace(trainer={"precision": other})))
-        whole = machine(args.spec, tmp, args.workers, args.machine_rounds, 2 * spec.trainer.models_per_batch,
-                        args.loop_models)
-    cnn_spec = spec.replace(model={"name": "cnn", "width": args.cnn_width},
-                            trainer={"models_per_batch": args.cnn_models, "precision": "fp32"})
-    cnn = side_by_side(cnn_spec, cnn_spec, data, args.cnn_rounds, args.cnn_models, args.cnn_loop_models,
-                       start=10_000)
+        generic = generic_side_by_side(spec, data, args.generic_rounds, args.generic_models, args.loop_models,
+                                       start=40_000)
+        sections: dict = {"generic": generic}
+        if not args.only_generic:
+            # the other precision of the batched trainer, timed in the same rounds against the same loop
+            other = "bf16" if spec.trainer.precision == "fp32" else "fp32"
+            mlp = side_by_side(spec, loop_spec, data, args.rounds, spec.trainer.models_per_batch,
+                               args.loop_models, start=0, alt=(other, spec.replace(trainer={"precision": other})))
+            whole = machine(args.spec, tmp, args.workers, args.machine_rounds, 2 * spec.trainer.models_per_batch,
+                            args.loop_models)
+            cnn_spec = spec.replace(model={"name": "cnn", "width": args.cnn_width},
+                                    trainer={"models_per_batch": args.cnn_models, "precision": "fp32"})
+            cnn = side_by_side(cnn_spec, cnn_spec, data, args.cnn_rounds, args.cnn_models, args.cnn_loop_models,
+                               start=10_000)
+            sections = {"mlp": {"machine": whole, "per_process": mlp}, "cnn": {"width": args.cnn_width, **cnn},
+                        **sections}
     tr = spec.trainer
     print(json.dumps({
         "bench": "trainer",
@@ -213,8 +272,7 @@ def main() -> None:
                     "weight_decay": tr.weight_decay, "lr_schedule": tr.lr_schedule,
                     "models_per_batch": tr.models_per_batch, "threads": tr.threads,
                     "precision": tr.precision},
-        "mlp": {"machine": whole, "per_process": mlp},
-        "cnn": {"width": args.cnn_width, **cnn},
+        **sections,
         "torch": torch.__version__,
         "wall_s": round(time.perf_counter() - t0, 1),
     }))
