@@ -1,0 +1,65 @@
+"""The user's own training code runs unchanged under the local pool and SLURM: same rows, same failures.
+
+A real single-node SLURM (tests/slurm_cluster.py). The user's module lives in a
+folder outside the package that reaches the array tasks through PYTHONPATH,
+as on a cluster; the command trainer runs a real script in every task.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import SMALL, write_spec
+from datamodels.runs import open_run
+from slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+SCRIPT = Path(__file__).with_name("user_trainers.py")
+
+
+def _cli(*args, env=None, timeout=400):
+    return subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["python", "command"])
+def test_user_trainers_give_the_same_rows_and_failures_locally_and_on_slurm(slurm_cluster, tmp_path, kind):
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "mytrain.py").write_text(SCRIPT.read_text())
+    if kind == "python":
+        trainer = {"kind": "python", "per_model": True, "function": "mytrain:raises_for_model_2"}
+        bad, reason = 2, "model 2 cannot be trained today"
+    else:
+        trainer = {"kind": "command", "timeout": 120.0,
+                   "command": "{python} " + shlex.quote(str(code / "mytrain.py")) + " --data {data} --mask {mask} "
+                              "--out {out} --seed {seed} --index {index} --bad-index 5 --bad exit"}
+        bad, reason = 5, "command exited with code 3; stderr: loading the data ... | ValueError: the learning"
+    spec = write_spec(tmp_path / "spec.toml", **{**SMALL, "experiment": {**SMALL["experiment"], "n_models": 12,
+                                                                          "block_size": 4},
+                                                "trainer": {**SMALL["trainer"], **trainer},
+                                                "fit": {"holdout": 2, "n_lambdas": 5}})
+    env = {**os.environ, **slurm_cluster.env,
+           "PYTHONPATH": os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)}
+    for executor in ("local", "slurm"):
+        run = tmp_path / executor
+        r = _cli("init", spec, run, env=env)
+        assert r.returncode == 0, r.stderr
+        args = ["--workers", "1"] if executor == "local" else ["--poll", "0.5"]
+        r = _cli("run", run, "--executor", executor, "--quiet", *args, env=env)
+        assert r.returncode == 1, r.stdout + r.stderr + (slurm_cluster.logs() if executor == "slurm" else "")
+        assert "11 of 12 models done" in r.stdout and "1 failed rows" in r.stdout, r.stdout
+    local, slurm = (open_run(tmp_path / e).store(mode="r") for e in ("local", "slurm"))
+    for store in (local, slurm):
+        assert np.flatnonzero(~store.done_mask()).tolist() == [bad]
+        assert reason in store.failures()[bad]
+    done = np.flatnonzero(local.done_mask())
+    np.testing.assert_array_equal(slurm.group["margins"][:][done], local.group["margins"][:][done])
