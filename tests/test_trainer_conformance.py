@@ -60,6 +60,12 @@ class TestPythonPerModelFunction(TrainerConformance):
     spec = {"trainer": {"kind": "python", "function": "user_trainers:fit_one", "per_model": True}}
 
 
+class TestPythonPerModelFunctionWithPyTorchDefaults(TrainerConformance):
+    """Unseeded default init and randperm: deterministic because the engine seeds torch per model."""
+
+    spec = {"trainer": {"kind": "python", "function": "user_trainers:default_init_one", "per_model": True}}
+
+
 class TestCommand(TrainerConformance):
     spec = {"trainer": {"kind": "command", "timeout": 60.0, "command":
                         "{python} " + shlex.quote(str(SCRIPT)) + " --data {data} --mask {mask} --out {out} "

@@ -109,6 +109,25 @@ def wrong_shape_for_model_0(spec, data, index, mask, outputs):
     return fit_one(spec, data, index, mask, outputs)
 
 
+def default_init_one(spec, data, index, mask, outputs):
+    """Unseeded PyTorch as a user often writes it: nn.Linear's default init and a plain randperm."""
+    import torch
+
+    from datamodels.train import margins_from_logits
+
+    sel = torch.from_numpy(np.flatnonzero(mask))
+    x, y = data.x[sel].flatten(1), data.y[sel]
+    net = torch.nn.Linear(x.shape[1], data.n_classes)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    for _ in range(2):
+        for b in torch.randperm(len(y)).split(16):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+    with torch.no_grad():
+        return {"margins": margins_from_logits(net(data.target_x.flatten(1)), data.target_y)}
+
+
 def raises_block(spec, data, indices, masks, outputs):
     raise RuntimeError("the whole block broke")
 

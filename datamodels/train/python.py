@@ -21,7 +21,11 @@ logit, see :func:`datamodels.train.margins_from_logits`); "logits"
 float32[.., k, C], "loss" float32[.., k] and "correct" bool[.., k] may be
 asked for by evaluation. Seed each model from
 ``datamodels.train.model_seed(spec, index)`` so the same (seed, index, mask)
-gives the same margins. Tensors or NumPy arrays, any float dtype, are accepted.
+gives the same margins; while a per-model call runs, torch's global generator
+is seeded with that seed (and restored afterwards), so PyTorch's default
+initialisation and ``torch.randperm`` without a generator repeat too (a block
+call runs under the seed of its first model: seed each model yourself there).
+Tensors or NumPy arrays, any float dtype, are accepted.
 
 A block function may also return ``"failure": list[str]`` (one reason per
 row, "" when fine). An exception, a missing output, a wrong shape or dtype,
@@ -34,11 +38,12 @@ not import ends the job, with one sentence (exit code 2).
 from __future__ import annotations
 
 import traceback
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..registry import import_object
-from .base import checked_outputs, failed_outputs, report_progress
+from .base import checked_outputs, failed_outputs, model_seed, report_progress
 
 
 def load_function(spec):
@@ -65,7 +70,8 @@ def train_python(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) ->
     B, k, C = len(indices), int(data.target_y.shape[0]), int(data.n_classes)
     if not spec.trainer.per_model:
         try:
-            raw = fn(spec, data, indices, masks, tuple(outputs))
+            with _seeded(spec, indices[0] if len(indices) else 0):
+                raw = fn(spec, data, indices, masks, tuple(outputs))
         except Exception as err:  # the user's code fails its rows, not the run
             return failed_outputs(B, k, C, outputs, raised(who, err))
         report_progress(B)
@@ -73,7 +79,8 @@ def train_python(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) ->
     rows = failed_outputs(B, k, C, outputs, "")
     for r, index in enumerate(indices):
         try:
-            raw = fn(spec, data, int(index), masks[r], tuple(outputs))
+            with _seeded(spec, index):
+                raw = fn(spec, data, int(index), masks[r], tuple(outputs))
             one = _one_row(raw, k, C, outputs, who)
         except Exception as err:
             rows["failure"][r] = raised(who, err)
@@ -88,6 +95,16 @@ def train_python(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) ->
             rows["failure"][r] = checked["failure"][0]
         report_progress(1)
     return rows
+
+
+@contextmanager
+def _seeded(spec, index):
+    """torch's global generator seeded with model ``index``'s seed, restored on leaving."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(model_seed(spec, int(index)))
+        yield
 
 
 def _one_row(raw, k: int, C: int, outputs, who: str):
