@@ -66,6 +66,12 @@ class TestPythonPerModelFunctionWithPyTorchDefaults(TrainerConformance):
     spec = {"trainer": {"kind": "python", "function": "user_trainers:default_init_one", "per_model": True}}
 
 
+class TestOwnTrainerKind(TrainerConformance):
+    """trainer.kind = "package.module:name": the trainer protocol itself, found through the registry."""
+
+    spec = {"trainer": {"kind": "user_trainers:fit_block"}}
+
+
 class TestCommand(TrainerConformance):
     spec = {"trainer": {"kind": "command", "timeout": 60.0, "command":
                         "{python} " + shlex.quote(str(SCRIPT)) + " --data {data} --mask {mask} --out {out} "
