@@ -92,3 +92,19 @@ def test_a_model_function_returning_no_module_is_one_sentence(digits):
     masks = sample_masks(0, np.arange(2), 600, 0.5)
     with pytest.raises(DatamodelsError, match="returned str, not a torch.nn.Module"):
         train_block(spec, digits, np.arange(2), masks)
+
+
+@pytest.mark.parametrize("model", ["linear", "user_trainers:mlp"])
+def test_nan_inputs_outside_a_models_subset_never_reach_it_even_as_padding(digits, model):
+    """Subsets of unequal size are padded (weight 0); 0 * NaN would still poison a model through its padding."""
+    spec = Spec().replace(model={"name": model}, trainer=TRAINER)
+    masks = sample_masks(0, np.arange(3), 600, 0.5, "bernoulli")
+    masks[1, 0], masks[0, 0], masks[2, 0] = True, False, False  # example 0 is model 1's alone
+    only_1 = masks[1] & ~masks[0] & ~masks[2]
+    clean = train_block(spec, digits, np.arange(3), masks)["margins"]
+    x = digits.x.clone()
+    x[torch.from_numpy(only_1)] = float("nan")
+    poisoned = TrainData(x, digits.y, digits.target_x, digits.target_y, 10)
+    out = train_block(spec, poisoned, np.arange(3), masks, failures="record")
+    assert out["failure"][1] and out["failure"][0] == out["failure"][2] == ""
+    np.testing.assert_array_equal(out["margins"][[0, 2]], clean[[0, 2]])

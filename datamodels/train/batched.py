@@ -64,7 +64,9 @@ def epoch_order(rngs, subsets: list[np.ndarray], batch_size: int) -> tuple[np.nd
 
     idx: int64[B, S * batch_size] pool indices, S = the largest model's batch
     count; valid: bool[B, S * batch_size] (False on padding). Model r's batch s
-    is idx[r, s*bs:(s+1)*bs] restricted to valid.
+    is idx[r, s*bs:(s+1)*bs] restricted to valid. Padding points at the model's
+    own first example: its loss weight is 0, but an example outside the subset
+    with a NaN input would still turn 0 * NaN into NaN gradients.
     """
     n_batches = [math.ceil(len(s) / batch_size) for s in subsets]
     width = max(max(n_batches), 1) * batch_size
@@ -78,6 +80,8 @@ def epoch_order(rngs, subsets: list[np.ndarray], batch_size: int) -> tuple[np.nd
         if full < len(sub):  # the partial last batch sits at the start of its slot
             idx[r, full:len(sub)] = order[full:]
             valid[r, full:len(sub)] = True
+        if len(sub):
+            idx[r, ~valid[r]] = sub[0]
     return idx, valid
 
 
