@@ -127,6 +127,16 @@ def test_a_command_past_its_timeout_is_killed_and_fails_its_row(data):
     assert out["failure"][0] == out["failure"][2] == ""
 
 
+def test_a_timeout_kills_the_commands_children_too(data):
+    # the shell's child holds the output pipes: killing the shell alone would leave us waiting 60 s for it
+    spec = Spec().replace(trainer={**TRAINER, "kind": "command", "timeout": 2.0,
+                                   "command": "sh -c 'sleep 60 & wait' {out}"})
+    t = time.perf_counter()
+    out = train_block(spec, data, [0], _masks(1), failures="record")
+    assert time.perf_counter() - t < 30
+    assert out["failure"] == ["command timed out after 2 s and was killed"]
+
+
 def test_a_command_gets_the_seed_the_python_contract_gets(data):
     # the script's numpy training from {seed}: determinism across calls, different models differ
     a = train_block(_command("exit"), data, [0, 2], _masks()[[0, 2]])["margins"]
