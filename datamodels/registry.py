@@ -11,7 +11,9 @@ user's module, and a run received from someone else can be read (``status``,
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import sys
 from typing import Any
 
 from .errors import DatamodelsError
@@ -30,6 +32,10 @@ def import_object(path: str, field: str) -> Any:
     if not is_import_path(path):
         raise DatamodelsError(f"{field} = {path!r} is not of the form 'package.module:name'.")
     module_name, attr = path.split(":")
+    # a user's module beside where the command runs is found as `python -c "import mod"` there would
+    # find it (console scripts and SLURM tasks do not put the working directory on sys.path)
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         obj = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or any error raised while the user's module runs
