@@ -10,7 +10,6 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 from .errors import DatamodelsError
 from .io import save_npy, write_json
@@ -281,13 +280,14 @@ def cmd_export(a) -> int:
 
 def cmd_demo(a) -> int:
     """init -> run -> fit -> eval -> report on the built-in digits dataset, reusing what is done."""
-    from .runs import init_run
+    from .exec.local import run_local
+    from .jobs import job_file
     from .regress import fit_store
     from .report import write_report
-    from .exec.local import run_local
+    from .runs import init_run
 
     t0 = time.time()
-    run = init_run(a.spec, a.out, force=a.force)
+    run = init_run(a.spec or job_file("digits.toml"), a.out, force=a.force)
     spec = run.spec
     print(f"[1/4] run directory {run.path}: {spec.experiment.n_models} {spec.model.name} models on "
           f"{spec.data.dataset}, alpha={spec.experiment.alpha}")
@@ -439,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="the whole pipeline on the built-in digits dataset")
-    s.add_argument("--spec", default=str(Path(__file__).resolve().parent.parent / "jobs" / "digits.toml"))
+    s.add_argument("--spec", default=None, help="default: the shipped jobs/digits.toml")
     s.add_argument("--out", default="runs/digits")
     s.add_argument("--workers", type=int, default=None)
     s.add_argument("--force", action="store_true")

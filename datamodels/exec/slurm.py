@@ -35,12 +35,12 @@ import numpy as np
 
 from ..errors import DatamodelsError
 from ..io import write_json, write_text
+from ..jobs import job_file
 from .blocks import format_indices, split_blocks
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep torch out of that
     from ..runs import Run
 
-TEMPLATE = Path(__file__).resolve().parent.parent.parent / "jobs" / "slurm_array.sbatch"
 DEFAULT_MAX_ARRAY_SIZE = 1001  # SLURM's default MaxArraySize
 # states in which a task may still write rows
 ACTIVE = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED",
@@ -261,7 +261,7 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
     blocks_file = jobs_dir / f"{name}.json"
     write_json(blocks_file, {"store": str(store.path.resolve()), "spec_hash": spec.hash(),
                              "blocks": [format_indices(b) for b in blocks]})
-    template = Path(opts.template or TEMPLATE)
+    template = Path(opts.template or job_file("slurm_array.sbatch"))
     if not template.is_file():
         raise DatamodelsError(f"sbatch template {str(template)!r} does not exist; pass --template.")
     job_name = f"dm-{spec.experiment.name}-{spec.hash()[:8]}"
