@@ -138,3 +138,12 @@ def test_each_module_imports_alone_in_a_fresh_interpreter():
     assert len(mods) > 40
     res = subprocess.run([sys.executable, "-c", ALONE, *mods], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-6000:]
+
+
+def test_warnings_from_our_code_are_errors_and_others_are_not():
+    """pyproject's filterwarnings: "error:::datamodels" (a warning located in a datamodels module)."""
+    import warnings
+
+    with pytest.raises(UserWarning, match="ours"):
+        warnings.warn_explicit("ours", UserWarning, "datamodels/evaluate/lds.py", 1, module="datamodels.evaluate.lds")
+    warnings.warn_explicit("theirs", UserWarning, "numpy/core.py", 1, module="numpy.core")  # only reported

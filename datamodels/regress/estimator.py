@@ -442,7 +442,7 @@ class Datamodels:
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
         """Write a zarr group: weight [n, k], bias [k], lam [k], lambdas, val metrics, settings."""
-        write_fit(path, self.fitted_arrays().stored(), dict(self.fit_settings_))
+        write_fit(path, self.fitted_arrays().stored(), dict(getattr(self, "fit_settings_", None) or self.settings()))
 
     @classmethod
     def load(cls, path) -> "Datamodels":
