@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DatamodelsError
 from ..io import atomic_path, save_npz
@@ -45,7 +44,7 @@ def write_array_beton(path: str | Path, images: np.ndarray, labels: np.ndarray) 
     return path
 
 
-def read_array_beton(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+def read_array_beton(path: str | Path, device="cpu") -> tuple["torch.Tensor", "torch.Tensor"]:
     """The whole .beton in order: images[N, ...] (the stored dtype), labels int64[N], on `device`.
 
     Small datasets (digits) are kept entirely on the device by the batched
@@ -70,6 +69,8 @@ def read_array_beton(path: str | Path, device: str | torch.device = "cpu") -> tu
     if x is None:
         x, y = _decode_beton(path)
         save_npz(cache, images=x, labels=y, stamp=stamp)  # atomic: concurrent workers never read half a cache
+    import torch  # here, not at the top: validating a spec reads the dataset registry, not torch
+
     device = torch.device(device)
     return torch.from_numpy(x).to(device), torch.from_numpy(y).long().to(device)
 
