@@ -36,4 +36,10 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     $PIP install -q torch==2.13.0
   fi
 fi
-$PIP install -q -e ".[test]"
+# The extras (open_clip -> torchvision) must not replace the torch installed above:
+# a newer torchvision asks for a newer torch, which pip would take (a CUDA build of
+# several GB). Pinning the installed torch makes pip pick the torchvision made for it.
+TORCH_PIN=$(mktemp)
+"$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" >"$TORCH_PIN"
+$PIP install -q -c "$TORCH_PIN" -e ".[test]"
+rm -f "$TORCH_PIN"

@@ -1,4 +1,4 @@
-"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo;
+"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo, embed;
 consolidate, import and export for the store.
 
 User mistakes print one sentence and exit 2 (no traceback); nothing stored is lost.
@@ -306,6 +306,17 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def cmd_embed(a) -> int:
+    from .embed.table import embed
+
+    summary = embed(a.src, a.out, a.model, checkpoint=a.checkpoint, pretrained=a.pretrained, device=a.device,
+                    batch_size=a.batch_size, chunk_size=a.chunk_size, classes=a.classes, templates=a.templates,
+                    zeroshot=not a.no_zeroshot, progress=not a.quiet, random_weights=a.random_weights,
+                    cache_dir=a.cache_dir)
+    _print_json(summary)
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datamodels", description="Datamodels: train subset models, fit, query.")
@@ -445,6 +456,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("embed", help="images (folder, .npz, .beton, run) to an embedding table with open_clip")
+    s.add_argument("src", help="image folder ROOT/CLASS/IMAGE, .npz of images, .beton file, or a run folder")
+    s.add_argument("out", help="the table (.npz); a folder of SPLIT.npz when SRC is a run")
+    s.add_argument("--model", required=True, help="open_clip architecture (ViT-B-32, ...) or a model config .json")
+    s.add_argument("--checkpoint", help="local weights file (state dict); nothing is downloaded")
+    s.add_argument("--pretrained", help="open_clip pretrained tag, read from open_clip's cache only")
+    s.add_argument("--cache-dir", help="open_clip's cache folder (default: its own)")
+    s.add_argument("--random-weights", action="store_true", help="no weights: random init (speed tests only)")
+    s.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--chunk-size", type=int, default=1024, help="rows per resumable chunk")
+    s.add_argument("--classes", help="class names in label order, comma-separated (default: the source's)")
+    s.add_argument("--templates", default="openai", help="prompt templates: openai (80), simple (7), single")
+    s.add_argument("--no-zeroshot", action="store_true", help="skip the zero-shot head")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_embed)
     return p
 
 
