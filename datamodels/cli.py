@@ -47,9 +47,110 @@ def cmd_run(a) -> int:
         for e in st["errors"]:
             print(f"worker error: {e}", file=sys.stderr)
         return 0 if st["missing"] == 0 else 1
-    from .exec.slurm import run_slurm_cli
+    return _run_slurm(run, a)
 
-    return run_slurm_cli(run, a)
+
+def _add_slurm_arguments(p) -> None:
+    """The `run` subcommand's flags for --executor slurm."""
+    g = p.add_argument_group("slurm executor (--executor slurm)")
+    g.add_argument("--partition", help="sbatch --partition")
+    g.add_argument("--time", help="time limit per task, e.g. 2:00:00 (sbatch --time)")
+    g.add_argument("--gpus", type=int, help="GPUs per task (sbatch --gres=gpu:N)")
+    g.add_argument("--mem", help="memory per task, e.g. 8G (sbatch --mem)")
+    g.add_argument("--cpus", type=int, help="CPUs per task (default: the spec's trainer.threads)")
+    g.add_argument("--block-size", type=int, help="models per task (default: the spec's experiment.block_size)")
+    g.add_argument("--max-array-size", type=int,
+                   help="tasks per array (default: the cluster's MaxArraySize from scontrol show config)")
+    g.add_argument("--max-running", type=int, help="tasks of one array running at once (--array=...%%N)")
+    g.add_argument("--extra-sbatch", action="append", default=[], metavar="FLAGS",
+                   help="more sbatch flags, given with '=': --extra-sbatch='--account=lab --qos=high' (repeatable)")
+    g.add_argument("--template", help="sbatch template (default: jobs/slurm_array.sbatch)")
+    g.add_argument("--no-wait", action="store_true", help="submit and return; `datamodels status` shows progress")
+    g.add_argument("--poll", type=float, default=5.0, help="seconds between squeue polls while waiting")
+    g.add_argument("--dry-run", action="store_true", help="write the job scripts and print them; submit nothing")
+
+
+def _slurm_options(a):
+    import shlex
+
+    from .exec.slurm import SlurmOptions
+
+    extra = tuple(x for chunk in (a.extra_sbatch or []) for x in shlex.split(chunk))
+    return SlurmOptions(partition=a.partition, time=a.time, gpus=a.gpus, mem=a.mem, cpus=a.cpus,
+                        max_array_size=a.max_array_size, max_running=a.max_running, block_size=a.block_size,
+                        extra=extra, template=a.template).validate()
+
+
+def _run_slurm(run, a) -> int:
+    """`datamodels run RUN --executor slurm`: submit what is missing, then (unless --no-wait) wait."""
+    from pathlib import Path
+
+    from .exec.slurm import submit, wait
+
+    opts = _slurm_options(a)
+    if a.poll <= 0:
+        raise DatamodelsError(f"--poll = {a.poll!r} must be positive.")
+    res = submit(run, opts, dry_run=a.dry_run)
+    if a.dry_run:
+        for s in res["scripts"]:
+            print(f"# {s}: sbatch --parsable {' '.join(opts.extra)} {s}".replace("  ", " "))
+            print(Path(s).read_text())
+        return 0
+    store = run.store(mode="r")
+    if res["arrays"]:
+        ids = [r["job_id"] for r in res["arrays"]]
+        print(f"submitted {res['models']} models in {res['tasks']} tasks as {len(ids)} job arrays "
+              f"({', '.join(ids)}); logs in {run.path / 'jobs' / 'logs'}")
+    else:
+        st = store.status()
+        print(f"nothing to submit: {st['done']} of {st['n_models']} models done, {res['queued']} in tasks "
+              "still queued or running")
+    if res["queued"]:
+        print(f"{res['queued']} missing models are in tasks still queued or running; not resubmitted")
+    if a.no_wait:
+        return 0
+    try:
+        st = wait(run, poll=a.poll, progress=not a.quiet)
+    except KeyboardInterrupt:
+        print("stopped waiting; the jobs keep running: `datamodels status` shows progress", file=sys.stderr)
+        return 130
+    print(f"{st['done']} of {st['n_models']} models done, {st['missing']} missing, {st['failed']} failed rows")
+    for t in st["ended_badly"][:20]:
+        task, state = t.split()
+        print(f"task {task} {state}: see {run.path / 'jobs' / 'logs' / (task + '.out')}", file=sys.stderr)
+    if st["missing"]:
+        print("run the same command again to resubmit what is missing", file=sys.stderr)
+    return 0 if st["missing"] == 0 else 1
+
+
+def cmd_worker(a) -> int:
+    """One SLURM array task (or a block given by hand): train its rows, exit 1 if any is not done."""
+    import os
+
+    from .exec.blocks import parse_indices
+    from .exec.worker import block_indices, limit_threads, run_block
+    from .runs import open_run
+
+    run = open_run(a.run)
+    limit_threads(run.spec.trainer.threads)
+    if a.blocks:
+        if a.task is None and "SLURM_ARRAY_TASK_ID" not in os.environ:
+            raise DatamodelsError("--blocks needs --task or SLURM_ARRAY_TASK_ID.")
+        task = a.offset + (a.task if a.task is not None else int(os.environ["SLURM_ARRAY_TASK_ID"]))
+        indices = block_indices(a.blocks, task)
+    elif a.indices:
+        indices = parse_indices(a.indices, "--indices")
+    else:
+        raise DatamodelsError("give --indices or --blocks.")
+    n = run_block(run, indices)
+    left = indices[~run.store(mode="r").done_mask()[indices]]
+    print(f"wrote {n} rows; {len(indices) - len(left)} of {len(indices)} rows of this block are done")
+    if len(left):
+        fails = run.store(mode="r").failures()
+        why = next((fails[int(i)] for i in left if int(i) in fails), "no reason recorded")
+        print(f"error: {len(left)} rows not done, first model {int(left[0])}: {why}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def cmd_status(a) -> int:
@@ -333,10 +434,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--executor", choices=("local", "slurm"), default="local")
     s.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores / threads)")
     s.add_argument("--quiet", action="store_true")
-    from .exec.slurm import add_slurm_arguments
-
-    add_slurm_arguments(s)
+    _add_slurm_arguments(s)
     s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("worker", help="train one block of models into the store (what a SLURM array task runs)")
+    s.add_argument("run", help="run directory")
+    s.add_argument("--indices", help="model indices, e.g. 0:250 or 3,7,9")
+    s.add_argument("--blocks", help="JSON file of index blocks; the block is chosen by --task or SLURM_ARRAY_TASK_ID")
+    s.add_argument("--task", type=int, default=None)
+    s.add_argument("--offset", type=int, default=0,
+                   help="added to the task id: arrays past MaxArraySize restart their task ids at 0")
+    s.set_defaults(func=cmd_worker)
 
     s = sub.add_parser("status", help="done, missing and failed rows")
     s.add_argument("run")

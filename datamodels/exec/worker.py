@@ -1,7 +1,7 @@
 """The worker: train a block of model indices and write their rows into the store.
 
-Called in-process by the local executor, and by a SLURM array task as
-``python -m datamodels.exec.worker RUN --blocks RUN/jobs/NAME.json --offset 51``
+Called in-process by the local executor, and by a SLURM array task through
+``python -m datamodels.cli worker RUN --blocks RUN/jobs/NAME.json --offset 51``
 (block ``offset + SLURM_ARRAY_TASK_ID`` of the file) or with ``--indices 0:250``.
 A worker is safe to kill at any point: a row counts only once its done flag is
 written, after its mask and margins, and rows already done are skipped.
@@ -9,17 +9,14 @@ written, after its mask and margins, and rows already done are skipped.
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import traceback
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import DatamodelsError
-from ..runs import Run, open_run
+from ..runs import Run
 from ..seeds import sample_masks
 from .blocks import parse_indices
 
@@ -80,52 +77,15 @@ def run_block(run: Run, indices, progress: bool = False) -> int:
     return written
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m datamodels.exec.worker", description=__doc__)
-    p.add_argument("run", help="run directory")
-    p.add_argument("--indices", help="model indices, e.g. 0:250 or 3,7,9")
-    p.add_argument("--blocks", help="JSON file of index blocks; the block is chosen by --task or SLURM_ARRAY_TASK_ID")
-    p.add_argument("--task", type=int, default=None)
-    p.add_argument("--offset", type=int, default=0,
-                   help="added to the task id: arrays past MaxArraySize restart their task ids at 0")
-    args = p.parse_args(argv)
+def block_indices(blocks_file, task: int) -> np.ndarray:
+    """int64[b]: block `task` of a block list written by the SLURM executor (RUN/jobs/NAME.json)."""
+    import json
+
     try:
-        run = open_run(args.run)
-        limit_threads(run.spec.trainer.threads)
-        if args.blocks:
-            import json
-
-            if args.task is None and "SLURM_ARRAY_TASK_ID" not in os.environ:
-                raise DatamodelsError("--blocks needs --task or SLURM_ARRAY_TASK_ID.")
-            task = args.offset + (args.task if args.task is not None else int(os.environ["SLURM_ARRAY_TASK_ID"]))
-            try:
-                data = json.loads(Path(args.blocks).read_text())
-                blocks = data["blocks"] if isinstance(data, dict) else list(data)
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise DatamodelsError(f"--blocks file {args.blocks!r} is not a readable block list ({e}).") from None
-            if not 0 <= task < len(blocks):
-                raise DatamodelsError(f"block = {task} is outside the {len(blocks)} blocks of {args.blocks!r}.")
-            indices = parse_indices(blocks[task], "block")
-        elif args.indices:
-            indices = parse_indices(args.indices, "--indices")
-        else:
-            raise DatamodelsError("give --indices or --blocks.")
-        n = run_block(run, indices)
-        left = indices[~run.store(mode="r").done_mask()[indices]]
-        print(f"wrote {n} rows; {len(indices) - len(left)} of {len(indices)} rows of this block are done")
-        if len(left):
-            fails = run.store(mode="r").failures()
-            why = next((fails[int(i)] for i in left if int(i) in fails), "no reason recorded")
-            print(f"error: {len(left)} rows not done, first model {int(left[0])}: {why}", file=sys.stderr)
-            return 1
-        return 0
-    except DatamodelsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Exception:
-        traceback.print_exc()
-        return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        data = json.loads(Path(blocks_file).read_text())
+        blocks = data["blocks"] if isinstance(data, dict) else list(data)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DatamodelsError(f"--blocks file {str(blocks_file)!r} is not a readable block list ({e}).") from None
+    if not 0 <= task < len(blocks):
+        raise DatamodelsError(f"block = {task} is outside the {len(blocks)} blocks of {str(blocks_file)!r}.")
+    return parse_indices(blocks[task], "block")
