@@ -86,7 +86,7 @@ class Attribution:
         if self.target_sets[-1].stop != self.n_targets:
             raise DatamodelsError(f"target sets end at column {self.target_sets[-1].stop}, "
                                   f"not at the {self.n_targets} columns of coef.")
-        tr = self._set("train")
+        tr = self.target_set("train")
         if tr is not None and tr.stop - tr.start != self.n_train:
             raise DatamodelsError(f"target set 'train' has {tr.stop - tr.start} columns = not the "
                                   f"{self.n_train} training examples.")
@@ -134,11 +134,12 @@ class Attribution:
     def n_targets(self) -> int:
         return int(self.coef.shape[1])
 
-    def _set(self, name: str) -> TargetSet | None:
+    def target_set(self, name: str) -> TargetSet | None:
+        """The target set called `name` (its columns start..stop-1), or None if the fit has none."""
         return next((t for t in self.target_sets if t.name == name), None)
 
     def _require_set(self, name: str) -> TargetSet:
-        t = self._set(name)
+        t = self.target_set(name)
         if t is None:
             raise DatamodelsError(f"target set = {name!r} is not in this fit (sets: "
                                   f"{', '.join(s.name for s in self.target_sets)}).")
@@ -146,7 +147,7 @@ class Attribution:
 
     @property
     def has_train_datamodels(self) -> bool:
-        return self._set("train") is not None
+        return self.target_set("train") is not None
 
     def locate(self, target: int) -> dict[str, Any]:
         """Which set a target column belongs to: {"target", "set", "index_in_set"}."""
@@ -230,7 +231,7 @@ class Attribution:
         save_npy(npy, S)
         kept, start = [], 0
         for s in (sets if sets is not None else [t.name for t in self.target_sets]):
-            t = self._set(s)
+            t = self.target_set(s)
             kept.append({"name": t.name, "start": start, "stop": start + t.stop - t.start,
                          "fit_columns": [t.start, t.stop]})
             start += t.stop - t.start
@@ -394,7 +395,7 @@ class Attribution:
 
     def _train_block(self) -> np.ndarray:
         """V: float64[n, n], column c = training example c's own datamodel (fitted without c)."""
-        t = self._set("train")
+        t = self.target_set("train")
         if t is None:
             raise DatamodelsError("targets.sets = no 'train' set in this fit; nearest training examples by "
                                   "embedding need train-set datamodels (add \"train\" to targets.sets and refit).")

@@ -294,7 +294,7 @@ def cmd_verify(a) -> int:
         targets = parse_index_list(a.targets_list, "--target-list")
     else:
         pool = np.arange(attr.n_targets)
-        test = attr._set("test")
+        test = attr.target_set("test")
         if test is not None:
             pool = np.arange(test.start, test.stop)
         if not 1 <= a.targets <= len(pool):

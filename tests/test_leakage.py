@@ -88,7 +88,7 @@ def test_planted_copies_within_the_pool_are_found_first(planted):
         assert attr.nearest_train_of_train(copy, top=3)["neighbours"][0]["train_index"] == original
         assert attr.nearest_train_of_train(original, top=3)["neighbours"][0]["train_index"] == copy
     # a training example's own datamodel was fitted without it: no weight on itself
-    tr = attr._set("train")
+    tr = attr.target_set("train")
     assert np.all(np.diagonal(attr.coef[:, tr.start:tr.stop]) == 0)
 
 
