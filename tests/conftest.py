@@ -26,6 +26,15 @@ def _has_gpu() -> tuple[bool, str]:
         return False, f"no CUDA GPU with CuPy here ({type(e).__name__})"
 
 
+@pytest.fixture
+def one_blas_thread():
+    """One BLAS thread for the test (tests that time or size fits on a machine shared with other jobs)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1):
+        yield
+
+
 def pytest_collection_modifyitems(config, items):
     ok, why = _has_gpu()
     if ok:

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .moments import _device, _np
-from .solver import _sum64, plan_blocks, soft_threshold
+from .solver import _sum64, plan_blocks, residual_gap, soft_threshold
 
 
 class RowsFit(NamedTuple):
@@ -104,11 +104,7 @@ class _Rows:
         r2 = _sum64(xp, r * r) * inv
         yr = _sum64(xp, self.Yc * r) * inv
         l1 = _sum64(xp, xp.abs(W))
-        dn = xp.astype(xp.max(xp.abs(R), axis=0), xp.float64)
-        bad = dn > lam
-        s = xp.where(bad, lam / xp.where(bad, dn, xp.ones_like(dn)), xp.ones_like(dn))
-        primal = 0.5 * r2 + lam * l1
-        return primal, primal - (s * yr - 0.5 * s * s * r2)
+        return residual_gap(xp, r2, yr, l1, xp.astype(xp.max(xp.abs(R), axis=0), xp.float64), lam)
 
     def to_raw(self, W):
         """Standardised W [n, k] -> (coef float64[n, k], intercept float64[k]) NumPy."""

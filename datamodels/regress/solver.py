@@ -184,6 +184,15 @@ def duality_gap(xp, W, R, C, yy, lam):
     return 0.5 * r2 + lam * l1, gap
 
 
+def residual_gap(xp, r2, yr, l1, dual_norm, lam):
+    """(primal, gap) float64[k] in data form: r2 = ||r||^2/m, yr = yc.r/m, l1 = |w|_1, dual_norm =
+    max_j |Xs_j.r|/m; the dual point is the residual scaled into the dual feasible set (scikit-learn's)."""
+    bad = dual_norm > lam
+    s = xp.where(bad, lam / xp.where(bad, dual_norm, xp.ones_like(dual_norm)), xp.ones_like(dual_norm))
+    primal = 0.5 * r2 + lam * l1
+    return primal, primal - (s * yr - 0.5 * s * s * r2)
+
+
 def _take(xp, A, idx, axis):
     return xp.take(A, xp.asarray(idx, device=_device(A)), axis=axis)
 

@@ -1,0 +1,258 @@
+"""Benchmark: how the fit's time and memory grow with n, m and k, and what that predicts at CIFAR-10 and ImageNet sizes.
+
+Prints one JSON line (and writes analysis/results/bench_scale.json).
+
+Problem (datamodel-like): m models, each a random alpha = 0.5 subset of n
+training examples; k targets whose margins are a sparse linear function of
+the mask (n / 20 nonzero weights per target) plus unit noise plus an offset.
+Each point is fitted end to end (``Datamodels().fit``: the masks pass, the
+path with early stopping, lambda choice, the refit) in a fresh subprocess, so
+its peak RSS (VmHWM, reset after the data are made) is its own; ``fit_gb`` is
+the peak minus the RSS just before the fit (the masks and margins the caller
+holds), compared with
+the bound the fit states (:func:`datamodels.regress.moments.gram_fit_bytes`).
+
+Sweeps: n with m and k fixed, m with n and k fixed, k with n and m fixed.
+Cost model (least squares on the points, relative error weighting)::
+
+    time = a m n^2 (masks pass) + b k n^2 (path: epochs of n x n x k) + c n^2 (centring, block steps) + d
+
+fitted on all points but the held-out ones (the largest of each sweep), and
+its relative error on those is reported; then predicted for CIFAR-10 (n 50k,
+m 300k, k 10k) and ImageNet (n 1.2M). Memory predictions are the stated
+bound. Times are on whatever cores this machine gives (shared machines vary).
+
+Usage: python analysis/bench_scale.py [--quick] [--max-rss-gb 8] [--largest N]
+       python analysis/bench_scale.py --point N M K     (one point, one JSON line)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+CIFAR = {"n": 50_000, "m": 300_000, "k": 10_000}
+IMAGENET = {"n": 1_200_000, "m": 300_000, "k": 10_000}
+
+
+def rss_gb(field: str = "VmRSS") -> float:
+    """This process's resident memory (VmRSS) or its peak since the last reset (VmHWM), GiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 2**20
+    return float("nan")
+
+
+def reset_peak() -> None:
+    """Start VmHWM afresh (Linux: writing 5 to clear_refs), so the data's making is not the fit's peak."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def make_problem(m: int, n: int, k: int, seed: int = 0, block: int = 2048):
+    """masks: bool[m, n] (alpha 0.5), margins: float32[m, k] = sparse signal + noise + 3, made in row blocks."""
+    rng = np.random.default_rng(seed)
+    w = np.zeros((n, k), np.float32)
+    s = max(1, n // 20)
+    for t in range(k):
+        w[rng.choice(n, s, replace=False), t] = rng.standard_normal(s) / np.sqrt(s)
+    masks = np.empty((m, n), dtype=bool)
+    margins = np.empty((m, k), dtype=np.float32)
+    for r0 in range(0, m, block):
+        r1 = min(m, r0 + block)
+        masks[r0:r1] = rng.random((r1 - r0, n), dtype=np.float32) < 0.5
+        margins[r0:r1] = masks[r0:r1].astype(np.float32) @ w + rng.standard_normal((r1 - r0, k), dtype=np.float32) + 3.0
+    return masks, margins
+
+
+def point(n: int, m: int, k: int, solver: str = "gram", **settings) -> dict:
+    """One fit in this process: time and memory (settings: other Datamodels settings)."""
+    from datamodels.regress import Datamodels
+
+    # warm up: the fit's lazy imports and first BLAS calls are not the fit's memory
+    Datamodels(solver=solver, n_lambdas=3).fit(*make_problem(64, 32, 2, seed=1))
+    masks, margins = make_problem(m, n, k)
+    reset_peak()
+    base = rss_gb()
+    dm = Datamodels(solver=solver, **settings)
+    t = time.perf_counter()
+    dm.fit(masks, margins)
+    dt = time.perf_counter() - t
+    peak = rss_gb("VmHWM")
+    bound = dm.memory_bytes(n, k) if solver == "gram" else dm.streaming_memory_bytes(n, m, k)
+    return {"n": n, "m": m, "k": k, "solver": solver, "time_s": round(dt, 2), "peak_rss_gb": round(peak, 3),
+            "fit_gb": round(peak - base, 3), "bound_gb": round(bound["total"] / 2**30, 3),
+            "grams_gb": round(bound.get("grams", 0) / 2**30, 3), "nnz_mean": float(dm.n_nonzero_.mean())}
+
+
+THREADS = 1  # BLAS threads per point: on a machine shared with other jobs, more threads than idle cores is slower
+
+
+def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 3000, **settings) -> dict:
+    """:func:`point` in a fresh process (its own peak memory), with THREADS BLAS threads."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **{v: str(THREADS) for v in
+                                                    ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    out = subprocess.run([sys.executable, __file__, "--point", str(n), str(m), str(k), "--solver", solver,
+                          "--settings", json.dumps(settings)],
+                         capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr[-2000:])
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(json.dumps(r), file=sys.stderr, flush=True)
+    return r
+
+
+FEATURES = ("m n^2", "k n^2", "n^2", "1")
+ST_FEATURES = ("m n k", "m n", "1")
+
+
+def st_features(p) -> np.ndarray:
+    n, m, k = float(p["n"]), float(p["m"]), float(p["k"])
+    return np.array([m * n * k, m * n, 1.0])
+
+
+def agree(n: int, m: int, k: int) -> dict:
+    """Streaming against Gram on one problem: share of targets with the same lambda, objective gap."""
+    from datamodels.regress import Datamodels
+
+    masks, margins = make_problem(m, n, k, seed=3)
+    g = Datamodels(solver="gram").fit(masks, margins)
+    s = Datamodels(solver="streaming").fit(masks, margins)
+    X = masks.astype(np.float64)
+    mu, sd = X.mean(0), X.std(0)
+    Xs = (X - mu) / sd
+    y = margins.astype(np.float64)
+
+    def obj(dm):
+        W = dm.coef_.astype(np.float64) * sd[:, None]
+        r = (y - y.mean(0)) - Xs @ W
+        return 0.5 * (r ** 2).mean(0) + dm.lam_ * np.abs(W).sum(0)
+
+    same = np.isclose(g.lam_, s.lam_, rtol=1e-4)
+    og, os_ = obj(g), obj(s)
+    return {"n": n, "m": m, "k": k, "same_lambda": float(same.mean()),
+            "objective_rel_max": float((np.abs(og - os_) / og)[same].max()),
+            "val_mse_rel_max": float((np.abs(g.val_mse_ - s.val_mse_) / g.val_mse_)[same].max())}
+
+
+def features(p) -> np.ndarray:
+    n, m, k = float(p["n"]), float(p["m"]), float(p["k"])
+    return np.array([m * n * n, k * n * n, n * n, 1.0])
+
+
+def fit_cost(points: list[dict], key: str = "time_s", features_of=None) -> np.ndarray:
+    """Non-negative least squares of `key` on FEATURES, each point weighted by 1/value (relative error)."""
+    from scipy.optimize import nnls
+
+    A = np.array([(features_of or features)(p) for p in points])
+    y = np.array([p[key] for p in points], dtype=np.float64)
+    wgt = 1.0 / np.maximum(y, 1e-3)
+    scale = np.abs(A).max(axis=0)
+    scale[scale == 0] = 1
+    coef, _ = nnls(A / scale * wgt[:, None], y * wgt)
+    return coef / scale
+
+
+def predict(coef: np.ndarray, p: dict) -> float:
+    return float(features(p) @ coef)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--point", nargs=3, type=int)
+    ap.add_argument("--solver", default="gram")
+    ap.add_argument("--settings", default="{}", help="other Datamodels settings of --point, as JSON")
+    ap.add_argument("--quick", action="store_true", help="small sweeps (a minute), for checking the script")
+    ap.add_argument("--largest", type=int, default=0, help="also fit one point at this n (m = 3 n, k = 50)")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS threads per point")
+    args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
+    if args.point:
+        print(json.dumps(point(*args.point, solver=args.solver, **json.loads(args.settings))))
+        return
+
+    from datamodels.regress.moments import gram_fit_bytes
+
+    if args.quick:
+        n0, m0, k0 = 400, 2000, 20
+        ns, ms, ks = [200, 400, 700], [1200, 2000, 3000], [10, 20, 40]
+    else:
+        # base point n 2000, m 30000, k 50; m stays >= 3 n (datamodel fits have m = 6 n: CIFAR-10's
+        # 300,000 models for 50,000 examples); near m = n the design is ill-conditioned and the path
+        # needs many more epochs, a regime the cost model does not describe
+        n0, m0, k0 = 2000, 30000, 50
+        ns, ms, ks = [1000, 2000, 4000, 7000, 10000], [6000, 12000, 30000, 45000], [25, 50, 100, 200, 400]
+    sweeps = {"n": [(n, m0, k0) for n in ns], "m": [(n0, m, k0) for m in ms], "k": [(n0, m0, k) for k in ks]}
+    pts: dict[tuple, dict] = {}
+    for name, grid in sweeps.items():
+        for q in grid:
+            if q not in pts:
+                pts[q] = run_point(*q)
+    held = {sweeps[s][-1] for s in sweeps}
+    train = [p for q, p in pts.items() if q not in held]
+    coef = fit_cost(train)
+    held_err = {f"{q[0]}x{q[1]}x{q[2]}": round(predict(coef, pts[q]) / pts[q]["time_s"] - 1, 3) for q in sorted(held)}
+    coef_all = fit_cost(list(pts.values()))
+    mem_ratio = [p["fit_gb"] / p["bound_gb"] for p in pts.values()]
+    # the streaming solver (no n x n matrix): n grows with m, k fixed, side by side with the Gram fit
+    # (the first three vary n, then m, then k; the last, the largest n, is held out of the cost model)
+    st_grid = [(200, 1500, 20), (400, 1500, 20), (400, 3000, 20), (400, 1500, 40), (800, 1500, 20)] if args.quick \
+        else [(2000, 16000, 20), (4000, 16000, 20), (4000, 32000, 20), (4000, 16000, 60), (8000, 16000, 20)]
+    st_pts = [run_point(*q, solver="streaming") for q in st_grid]
+    st_coef = fit_cost(st_pts, features_of=st_features)
+    st_held = st_pts[-1]
+    st_coef_wo = fit_cost(st_pts[:-1], features_of=st_features)
+    st_gram = [pts.get(q) or run_point(*q) for q in st_grid]
+    agreement = agree(*((300, 2000, 100) if not args.quick else (100, 800, 30)))
+    largest = run_point(args.largest, 3 * args.largest, 50, timeout=6000) if args.largest else None
+
+    from datamodels.regress.streaming import streaming_fit_bytes
+
+    def pred(size):
+        b = gram_fit_bytes(size["n"], size["k"], 1024)
+        sb = streaming_fit_bytes(size["n"], size["m"], size["k"], 1024)
+        return {**size, "time_h_cpu": round(predict(coef_all, size) / 3600, 1),
+                "terms_h": {f: round(float(c * v) / 3600, 2) for f, c, v in zip(FEATURES, coef_all, features(size))},
+                "gram_bound_gb": round(b["total"] / 2**30, 1), "grams_gb": round(b["grams"] / 2**30, 1),
+                "streaming_bound_gb": round((sb["total"] + 4 * size["m"] * size["k"]) / 2**30, 1)}
+
+    result = {
+        "bench": "scale", "blas_threads": THREADS,
+        "machine": f"{os.cpu_count()} cores (shared with other jobs), "
+                                      f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
+        "base": {"n": n0, "m": m0, "k": k0},
+        "points": sorted(pts.values(), key=lambda p: (p["n"], p["m"], p["k"])),
+        "cost_model": {"features": FEATURES, "coef_s": [float(c) for c in coef_all],
+                       "heldout_rel_err": held_err, "fitted_without": sorted(f"{q[0]}x{q[1]}x{q[2]}" for q in held)},
+        "memory": {"fit_over_bound_max": round(max(mem_ratio), 3), "fit_over_bound_min": round(min(mem_ratio), 3)},
+        "streaming": {
+            "points": st_pts, "features": ST_FEATURES, "coef_s": [float(c) for c in st_coef],
+            "heldout_rel_err": {f"{st_held['n']}x{st_held['m']}x{st_held['k']}":
+                                round(float(st_features(st_held) @ st_coef_wo) / st_held["time_s"] - 1, 3)},
+            "time_over_gram": {f"{p['n']}x{p['m']}x{p['k']}": round(p["time_s"] / q["time_s"], 2)
+                               for p, q in zip(st_pts, st_gram)},
+            "agreement": agreement,
+            "predict_imagenet_h_cpu": round(float(st_features(IMAGENET) @ st_coef) / 3600, 1),
+            "predict_cifar10_h_cpu": round(float(st_features(CIFAR) @ st_coef) / 3600, 1),
+        },
+        "largest": largest,
+        "predict": {"cifar10": pred(CIFAR), "imagenet": pred(IMAGENET)},
+    }
+    sys.path.insert(0, str(ROOT / "analysis"))
+    from results_io import emit
+
+    emit(result, "bench_scale_quick" if args.quick else "bench_scale")
+
+
+if __name__ == "__main__":
+    main()
