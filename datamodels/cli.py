@@ -1,4 +1,4 @@
-"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo, embed;
+"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo, embed, wiseft;
 consolidate, import and export for the store.
 
 User mistakes print one sentence and exit 2 (no traceback); nothing stored is lost.
@@ -418,6 +418,27 @@ def cmd_embed(a) -> int:
     return 0
 
 
+def cmd_wiseft(a) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .embed.robust import plot_wiseft, run_wiseft
+    from .io import save_npz
+    from .runs import open_run
+
+    run = open_run(a.run)
+    w = run_wiseft(run, id_set=a.id_set, zeroshot=a.zeroshot, alphas=np.linspace(0, 1, a.alphas), init=a.init,
+                     lam=a.lam, steps=a.steps, lr=a.lr)
+    out = Path(a.out) if a.out else run.path / "wiseft"
+    out.mkdir(parents=True, exist_ok=True)
+    save_npz(out / "probe.npz", weight=w.probe.weight, bias=w.probe.bias)
+    write_json(out / "wiseft.json", w.result, indent=1)
+    plot_wiseft(w.result, w.models, out / "wiseft.png")
+    _print_json(w.result)
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datamodels", description="Datamodels: train subset models, fit, query.")
@@ -581,6 +602,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-zeroshot", action="store_true", help="skip the zero-shot head")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("wiseft", help="zero-shot head -> trained probe interpolation on embedding tables, "
+                                      "with effective robustness against the run's models")
+    s.add_argument("run")
+    s.add_argument("--id-set", default="test", help="the target set from the pool's distribution")
+    s.add_argument("--zeroshot", help="zero-shot head (default: the one datamodels embed put beside the pool)")
+    s.add_argument("--init", default="zeroshot", help="the probe starts from 'zeroshot' or 'zeros'")
+    s.add_argument("--lam", type=float, default=1e-3, help="the probe's L2 penalty")
+    s.add_argument("--steps", type=int, default=None, help="gradient steps (default: L-BFGS to convergence)")
+    s.add_argument("--lr", type=float, default=0.1, help="step size with --steps")
+    s.add_argument("--alphas", type=int, default=11, help="mixing weights 0..1, evenly spaced")
+    s.add_argument("--out", help="folder for wiseft.json and wiseft.png (default: RUN/wiseft)")
+    s.set_defaults(func=cmd_wiseft)
     return p
 
 

@@ -49,12 +49,13 @@ def tiny(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("clip"))
 
 
-def colour_images(n: int, seed: int, size=(32, 32), shift: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """uint8[n, H, W, 3] images whose class (0, 1, 2) is the brightest channel, plus noise; y int64[n]."""
+def colour_images(n: int, seed: int, size=(32, 32), shift: float = 0.0,
+                  signal: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
+    """uint8[n, H, W, 3] images whose class (0, 1, 2) is the channel raised by `signal`, plus noise; y int64[n]."""
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 3, n)
-    x = rng.uniform(0.0, 0.6, (n, *size, 3))
-    x[np.arange(n), :, :, y] += 0.4
+    x = rng.uniform(0.0, 1.0 - signal, (n, *size, 3))
+    x[np.arange(n), :, :, y] += signal
     x = np.clip(x + shift, 0, 1)
     return (x * 255).astype(np.uint8), y
 

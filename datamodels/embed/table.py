@@ -112,6 +112,11 @@ def embed_source(clip, source, paths: dict, batch_size: int = 64, chunk_size: in
     table, partial = paths["table"], paths["partial"]
     settings = _settings(clip, source, chunk_size)
     if table.is_file() and not partial.exists():
+        old = json.loads(paths["record"].read_text()) if paths["record"].is_file() else {}
+        for f in ("model", "weights_sha256", "image_size", "mean", "std"):
+            if old.get(f) != settings[f]:
+                raise DatamodelsError(f"{str(table)!r} exists, made with {f} = {old.get(f)!r}, not {settings[f]!r}: "
+                                      "remove it or write to another OUT; nothing was changed.")
         return {"table": str(table), "n": source.n, "computed": 0, "resumed": 0, "already": True}
     partial.mkdir(parents=True, exist_ok=True)
     _check_resume(partial, settings)
