@@ -65,7 +65,7 @@ def main(argv=None) -> int:
 
     from datamodels.attribution import Attribution
     from datamodels.evaluate import verify_removals
-    from datamodels.seeds import VERIFY_OFFSET
+    from datamodels.seeds import VERIFY_OFFSET, sample_targets
     from datamodels.runs import open_run
     from datamodels.regress import Datamodels
 
@@ -78,8 +78,7 @@ def main(argv=None) -> int:
     attr = Attribution.from_datamodels(dm, alpha=store.spec.experiment.alpha, target_sets=tuple(store.targets),
                                        source=str(fit))
     test = next(t for t in store.targets if t.name == "test")
-    targets = np.sort(np.random.default_rng(a.seed).choice(np.arange(test.start, test.stop), a.targets,
-                                                            replace=False))
+    targets = sample_targets(a.seed, np.arange(test.start, test.stop), a.targets)
     sizes = [int(s) for s in a.sizes.split(",")]
     spec = run.spec.replace(trainer={"threads": a.threads})
     out = {"experiment": "retrain-to-verify removal of top positive influencers, digits MLP",

@@ -285,7 +285,7 @@ def cmd_verify(a) -> int:
     from .attribution import Attribution, parse_index_list
     from .evaluate import verify_removals
     from .runs import open_run
-    from .seeds import VERIFY_OFFSET
+    from .seeds import VERIFY_OFFSET, sample_targets
 
     run = open_run(a.run)
     attr = Attribution.from_run(run, labels=False)
@@ -299,7 +299,7 @@ def cmd_verify(a) -> int:
             pool = np.arange(test.start, test.stop)
         if not 1 <= a.targets <= len(pool):
             raise DatamodelsError(f"--targets = {a.targets} must lie in 1..{len(pool)}.")
-        targets = np.sort(np.random.default_rng(a.seed).choice(pool, a.targets, replace=False))
+        targets = sample_targets(a.seed, pool, a.targets)
     sizes = parse_index_list(a.sizes, "--sizes")
     spec = run.spec.replace(trainer={"threads": a.threads}) if a.threads else run.spec
     offset = a.offset if a.offset is not None else max(VERIFY_OFFSET, store.n_models)

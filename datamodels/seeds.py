@@ -46,6 +46,12 @@ def model_rng(seed: int, index: int, stream: int = MASK_STREAM) -> np.random.Gen
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(index), int(stream)]))
 
 
+def sample_targets(seed: int, pool, count: int) -> np.ndarray:
+    """int64[count]: targets drawn without replacement from `pool` (target columns), sorted; a pure
+    function of (seed, pool, count). Retrain-to-verify picks its targets with it."""
+    return np.sort(np.random.default_rng(seed).choice(np.asarray(pool), count, replace=False))
+
+
 def split_rng(seed: int, size: int) -> np.random.Generator:
     """The generator of the selection / evaluation split of a target set of `size` examples."""
     return np.random.default_rng(np.random.SeedSequence([int(seed), int(size)]))

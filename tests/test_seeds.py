@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from datamodels.errors import DatamodelsError
-from datamodels.seeds import model_rng, sample_mask, sample_masks, subset_size
+from datamodels.seeds import model_rng, sample_mask, sample_masks, sample_targets, subset_size
 
 
 def test_fixed_masks_are_deterministic_and_exact_size():
@@ -42,6 +42,7 @@ def test_bad_sampler_and_index():
 # Every stored run depends on these draws: a store made before a change must still check
 # out after it. The values were computed from the code before datamodels.seeds existed
 # (datamodels.seeds, select.baselines, select.protocol at 0c23fd0).
+GOLDEN_TARGETS = [126, 130, 150, 161, 181]
 GOLDEN_MASKS = [
     # (seed, index, n, alpha, sampler, chosen example indices)
     (0, 0, 100, 0.5, "fixed", [2, 4, 5, 8, 9, 10, 11, 13, 15, 16, 17, 18, 19, 20, 22, 23, 25, 27, 28, 30, 34, 35, 36,
@@ -78,3 +79,5 @@ def test_golden_streams():
     assert np.flatnonzero(balanced_subset(np.arange(40) % 4, 8, seed=3, draw=1)).tolist() == [9, 15, 17, 20, 24, 27,
                                                                                               34, 38]
     assert [h.tolist() for h in split_halves(10, seed=5)] == [[1, 2, 3, 5, 6], [0, 4, 7, 8, 9]]
+    # retrain-to-verify's targets: what np.sort(default_rng(seed).choice(pool, count, replace=False)) drew
+    assert sample_targets(0, np.arange(100, 200), 5).tolist() == GOLDEN_TARGETS
