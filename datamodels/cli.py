@@ -23,7 +23,7 @@ def _print_json(obj) -> None:
 def cmd_init(a) -> int:
     from .runs import init_run
 
-    run = init_run(a.spec, a.run, force=a.force)
+    run = init_run(a.spec, a.run, force=a.force, allow_large=a.allow_large)
     st = run.store().status()
     print(f"store ready at {run.store_path}: {st['done']} of {st['n_models']} models done")
     return 0
@@ -157,17 +157,29 @@ def cmd_status(a) -> int:
     from .runs import open_run
 
     run = open_run(a.run)
-    store = run.store(mode="r")
+    store = run.store(mode="r+" if a.reset_bad else "r")
+    bad = store.bad_rows()
+    if a.reset_bad and len(bad):
+        store.mark_undone(bad, "was done but its margins were missing or non-finite (or its mask empty); "
+                          "marked not done by `datamodels status --reset-bad`")
+        print(f"{len(bad)} damaged rows marked not done: `datamodels run` trains them again", file=sys.stderr)
+        bad = bad[:0]
     st = store.status()
+    st["bad"] = len(bad)
     from .exec.slurm import job_states
 
     st.update(job_states(store))
     fails = store.failures()
     if a.json:
         st["failures"] = {str(k): v for k, v in fails.items()}
+        st["bad_rows"] = [int(i) for i in bad[:100]]
         _print_json(st)
         return 0
     print(" ".join(f"{k}={v}" for k, v in st.items() if not isinstance(v, (list, dict))))
+    if len(bad):
+        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+        print(f"  done but margins missing or non-finite: models {', '.join(map(str, bad[:20].tolist()))}{more}; "
+              "`datamodels status RUN --reset-bad` marks them not done")
     for i, why in list(fails.items())[:20]:
         print(f"  model {i} failed: {why}")
     return 0
@@ -448,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="experiment spec (TOML)")
     s.add_argument("run", help="run directory to create")
     s.add_argument("--force", action="store_true", help="replace an existing store (its rows are lost)")
+    s.add_argument("--allow-large", action="store_true",
+                   help="make a store larger than the free disk space or inodes here (the estimate is printed)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("run", help="train every model not yet done")
@@ -467,9 +481,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to the task id: arrays past MaxArraySize restart their task ids at 0")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("status", help="done, missing and failed rows")
+    s = sub.add_parser("status", help="done, missing, failed and damaged rows")
     s.add_argument("run")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--reset-bad", action="store_true",
+                   help="mark done rows whose margins are missing or non-finite as not done, to train them again")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("consolidate", help="rechunk a finished store into large chunks for fast reading")

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from .data.inputs import check_inputs
 from .errors import DatamodelsError, StoreError
 from .io import write_text
 from .spec import Spec, load_spec
-from .store import Store, TargetSet
+from .store import Store, TargetSet, human_bytes, size_estimate
 
 
 def beton_length(path: Path) -> int:
@@ -100,11 +101,42 @@ def target_sets(spec: Spec, data_dir: Path) -> tuple[int, list[TargetSet]]:
     return n_train, out
 
 
-def init_run(spec_path: str | Path, out: str | Path, force: bool = False) -> Run:
+def check_store_size(path: Path, n_models: int, n_train: int, n_targets: int, allow_large: bool = False) -> None:
+    """Refuse, in one sentence giving the estimate, a store that cannot be right here.
+
+    Its per-row bookkeeping must fit in this machine's memory (always); its files
+    must fit in the free space and inodes of `path`'s filesystem unless
+    `allow_large` (the space may come later, or the quota lives elsewhere).
+    """
+    est = size_estimate(n_models, n_train, n_targets)
+    what = (f"experiment.n_models = {n_models} makes a store of about {human_bytes(est['bytes'])} in "
+            f"{est['files']:,} files (masks {human_bytes(est['masks'])}, margins {human_bytes(est['margins'])})")
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 0
+    if ram and est["memory"] > ram:
+        raise StoreError(f"{what}, and its done flags and failure reasons alone need {human_bytes(est['memory'])} "
+                         f"of memory, more than this machine's {human_bytes(ram)}.")
+    if allow_large:
+        return
+    base = Path(path).absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    fs = os.statvfs(base)
+    free, inodes = fs.f_bavail * fs.f_frsize, fs.f_favail
+    if est["bytes"] > free or (fs.f_files and est["files"] > inodes):
+        raise StoreError(f"{what}, more than the {human_bytes(free)} and {inodes:,} files free at {str(base)!r}; "
+                         "pass --allow-large if that space will be there.")
+
+
+def init_run(spec_path: str | Path, out: str | Path, force: bool = False, allow_large: bool = False) -> Run:
     """Create RUN from a spec: write the dataset files and an empty store at full size.
 
     An existing run made from the same spec is reused as it is; one made from a
-    different spec is refused unless `force` (then its rows are lost).
+    different spec is refused unless `force` (then its rows are lost). A store
+    too large for this machine is refused before it is made (see
+    :func:`check_store_size`; `allow_large` lifts the disk check).
     """
     spec = load_spec(spec_path)
     run = Run(Path(out))
@@ -112,6 +144,9 @@ def init_run(spec_path: str | Path, out: str | Path, force: bool = False) -> Run
         Store.open(run.store_path, spec)  # raises, naming the fields, if the spec differs
         run.check_inputs(missing_ok=False)
         return run
+    # a lower bound before anything is touched (pool and target sizes are known once the data is built)
+    check_store_size(run.path, spec.experiment.n_models, max(spec.data.n_train, 2), 1, allow_large)
+    created = not run.path.exists()
     if force and run.path.exists():
         for p in (run.store_path, run.fit_path, run.report_dir, run.data_dir):
             if p.exists():
@@ -125,6 +160,12 @@ def init_run(spec_path: str | Path, out: str | Path, force: bool = False) -> Run
         shutil.copyfile(spec_path, run.spec_path)
     build_dataset(spec.data, run.data_dir, splits_for(spec))
     n_train, targets = target_sets(spec, run.data_dir)
+    try:
+        check_store_size(run.path, spec.experiment.n_models, n_train, targets[-1].stop, allow_large)
+    except DatamodelsError:
+        if created:  # leave no half-made run directory behind
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     store = Store.create(run.store_path, spec, n_train, targets, force=force)
     store.group.attrs["data"] = load_record(run.data_dir)
     return run

@@ -290,6 +290,42 @@ class Store:
         margins = np.asarray(self.group["margins"][lo:hi])[indices - lo]
         return masks, margins
 
+    def bad_rows(self, indices: np.ndarray | None = None, block: int = 4096) -> np.ndarray:
+        """Done rows whose stored data cannot be right, ascending: int64[].
+
+        A done row must have finite margins and a mask with examples in it; a margins
+        chunk that was deleted reads back as NaN (the fill value), a deleted mask chunk
+        as all False, a damaged chunk as whatever it holds. `indices`: the rows to
+        check (default: every done row), read `block` rows at a time.
+        """
+        if indices is None:
+            indices = np.flatnonzero(self.done_mask())
+        indices = np.asarray(indices, dtype=np.int64)
+        bad = []
+        for s in range(0, len(indices), block):
+            idx = indices[s:s + block]
+            masks, margins = self.read(idx)
+            wrong = ~np.isfinite(margins).all(axis=1) | ~masks.any(axis=1)
+            bad.append(idx[wrong])
+        return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+    def mark_undone(self, indices, reason: str = "marked not done") -> int:
+        """Set rows back to not done so that `datamodels run` trains them again; returns how many.
+
+        The done flag goes first (a reader never sees a done row without its data),
+        then the row's margins and mask are cleared and `reason` is recorded.
+        """
+        indices = np.unique(np.asarray(indices, dtype=np.int64))
+        if len(indices) and not (0 <= indices[0] and indices[-1] < self.n_models):
+            raise StoreError(f"model index = {int(indices[0] if indices[0] < 0 else indices[-1])} is outside "
+                             f"the store's 0..{self.n_models - 1}.")
+        for i in indices.tolist():
+            self.group["done"][i] = False
+            self.group["margins"][i] = np.nan
+            self.group["masks"][i] = False
+            self.record_failure(i, reason)
+        return len(indices)
+
     def status(self) -> dict:
         done = self.done_mask()
         return {
@@ -370,6 +406,33 @@ class Store:
     @property
     def jobs(self) -> list[dict]:
         return list(self.group.attrs.get("jobs", []))
+
+
+def size_estimate(n_models: int, n_train: int, n_targets: int, block: int = 4096) -> dict[str, int]:
+    """What a store of this shape takes once every row is done, computed before anything is made.
+
+    Per row: a masks chunk (zstd packs random bools to about n/4 bytes, measured), a
+    margins chunk (4 k bytes: float32 margins barely compress), a done flag, each a
+    file of at least one filesystem `block`, and the two directories c/<i>/ of the
+    2-D arrays. memory: what status, run and fit hold for every row at once (the
+    done flags and the failure reasons). Returns bytes, files, masks, margins, memory.
+    """
+    m, n, k = int(n_models), int(n_train), int(n_targets)
+
+    def on_disk(b: int) -> int:
+        return -(-b // block) * block
+
+    per_row = on_disk(n // 4 + 64) + on_disk(4 * k + 64) + on_disk(16) + 2 * block
+    return {"bytes": m * per_row, "files": 5 * m, "masks": m * (n // 4 + 64), "margins": m * (4 * k + 64),
+            "memory": 16 * m}
+
+
+def human_bytes(b: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if b < 1024 or unit == "PiB":
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b:.1f} PiB"
 
 
 def _nonfinite_reason(bad: np.ndarray) -> str:

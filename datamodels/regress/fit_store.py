@@ -86,6 +86,13 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
             g = None
         elif g.attrs.get("complete") and blocks_done(g).all():
             return Datamodels.load(out_path)
+    # a done row with NaN margins (a damaged or deleted chunk) would poison every target's moments
+    bad = store.bad_rows(idx)
+    if len(bad):
+        raise DatamodelsError(
+            f"done rows {_index_list(bad)} have missing or non-finite margins (or an empty mask); "
+            "run `datamodels status RUN --reset-bad` to mark them not done and `datamodels run RUN` "
+            "to train them again.")
     L, k, n = int(fit_spec.n_lambdas), store.n_targets, store.n_train
     if g is None:
         g = create_fit(out_path, n, k, L, est.block_targets, settings)
@@ -105,3 +112,9 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
                  prior=prior, settings=settings)
     g.attrs["complete"] = True
     return est
+
+
+def _index_list(idx: np.ndarray, most: int = 5) -> str:
+    """'3, 7, 9 (and 12 more)': the first indices of a list, for a one-sentence error."""
+    head = ", ".join(str(int(i)) for i in idx[:most])
+    return head + (f" (and {len(idx) - most} more)" if len(idx) > most else "")
