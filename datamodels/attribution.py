@@ -66,6 +66,8 @@ class Attribution:
     lam: np.ndarray | None = None
     train_labels: np.ndarray | None = None
     target_labels: np.ndarray | None = None
+    # per-example metadata columns of the pool ({"group": int[n], "source": str[n], ...}), shown with influencers
+    train_metadata: dict | None = None
     source: str = ""
     _norms2: np.ndarray | None = field(default=None, repr=False)
     # reading labels from the dataset files costs seconds (FFCV): done on first use only
@@ -114,7 +116,8 @@ class Attribution:
         sets = tuple(TargetSet(t.name, t.start, t.stop) for t in store.targets)
         loader = (lambda: _labels(run, sets)) if labels else None
         return cls.from_datamodels(dm, alpha=store.spec.experiment.alpha, target_sets=sets,
-                                   source=str(run.fit_path), _label_loader=loader)
+                                   source=str(run.fit_path), _label_loader=loader,
+                                   train_metadata=run.metadata("train") or None)
 
     def load_labels(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(train_labels, target_labels), read from the run's dataset files on first use."""
@@ -325,6 +328,8 @@ class Attribution:
             e = {"train_index": i, "weight": float(w[i])}
             if self.train_labels is not None:
                 e["label"] = int(self.train_labels[i])
+            for col, values in (self.train_metadata or {}).items():
+                e[col] = values[i].item()
             return e
 
         out = {**self.locate(target), "bias": float(self.intercept[target])}
