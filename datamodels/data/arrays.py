@@ -105,8 +105,8 @@ def load_npz(path: str, field: str) -> SplitArrays:
     return SplitArrays(np.ascontiguousarray(x), y, check_metadata(arrays, len(y), where))
 
 
-class ArraysDataset:
-    """``data.dataset = "arrays"``: the pool and each target set from its own ``.npz`` file."""
+class FileDataset:
+    """A dataset read from files the spec names: ``data.pool`` and one per ``data.targets`` entry."""
 
     def __init__(self, data_spec):
         self.spec = data_spec
@@ -116,6 +116,10 @@ class ArraysDataset:
 
     def inputs(self) -> list[Path]:
         return [Path(source_path(self.spec, s)[1]) for s in ("train", *self.target_sets())]
+
+
+class ArraysDataset(FileDataset):
+    """``data.dataset = "arrays"``: the pool and each target set from its own ``.npz`` file."""
 
     def split(self, name: str) -> SplitArrays:
         field, path = source_path(self.spec, name)

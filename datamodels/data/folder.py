@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatamodelsError
-from .arrays import source_path
+from .arrays import FileDataset, source_path
 from .base import SplitArrays
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -56,17 +56,8 @@ def read_image(path: Path, size: tuple[int, int], channels: int) -> np.ndarray:
     return a[None] if channels == 1 else a.transpose(2, 0, 1)
 
 
-class FolderDataset:
+class FolderDataset(FileDataset):
     """``data.dataset = "folder"``: the pool and each target set from a class-subfolder image folder."""
-
-    def __init__(self, data_spec):
-        self.spec = data_spec
-
-    def target_sets(self) -> tuple[str, ...]:
-        return tuple(self.spec.targets)
-
-    def inputs(self) -> list[Path]:
-        return [Path(source_path(self.spec, s)[1]) for s in ("train", *self.target_sets())]
 
     def classes(self) -> list[str]:
         field, path = source_path(self.spec, "train")
@@ -85,7 +76,10 @@ class FolderDataset:
             raise DatamodelsError(f"{where} has class folder {unknown[0]!r}, which the pool "
                                   f"(data.pool = {self.spec.pool!r}) does not have.")
         size = tuple(self.spec.image_size)
-        x = np.stack([read_image(f, size, self.spec.channels) for f, _ in files])
+        from tqdm.auto import tqdm
+
+        bar = tqdm(files, desc=f"read {name}", unit="image", disable=len(files) < 2000)
+        x = np.stack([read_image(f, size, self.spec.channels) for f, _ in bar])
         y = np.array([label_of[c] for _, c in files], dtype=np.int64)
         rel = np.array([str(f.relative_to(path)) for f, _ in files])
         return SplitArrays(x, y, {"path": rel})
