@@ -140,9 +140,9 @@ def test_shifted_set_is_the_held_out_split_translated_and_built_only_when_asked(
 def test_shifted_is_a_digits_target_set_only(tmp_path):
     from datamodels.spec import load_spec
 
-    with pytest.raises(SpecError, match="targets.sets = 'shifted' exists only for data.dataset = 'digits'"):
+    with pytest.raises(SpecError, match="targets.sets = 'shifted' is not a target set of data.dataset = 'cifar10'"):
         load_spec(write_spec(tmp_path / "c.toml", data={"dataset": "cifar10"}, targets={"sets": ["shifted"]}))
-    with pytest.raises(SpecError, match="targets.sets = 'moved' must be one of"):
+    with pytest.raises(SpecError, match="targets.sets = 'moved' is not a target set of data.dataset = 'digits'"):
         load_spec(write_spec(tmp_path / "m.toml", targets={"sets": ["moved"]}))
 
 
@@ -182,7 +182,7 @@ def test_cli_select_end_to_end(tiny_run):
     from datamodels.select.verify import accuracy
     from datamodels.train import load_train_data, train_block
 
-    rc, out, err = cli("select", tiny_run.path, "--budget", "0.25", "--retrain", "2")
+    rc, out, err = cli("select", tiny_run.path, "--budget", "0.25", "--retrain", "2", "--guard-retrain", "0")
     assert rc == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 1
@@ -212,7 +212,7 @@ def test_cli_select_end_to_end(tiny_run):
     # resumable: the same request trains nothing again and answers the same
     cache = tiny_run.path / "select" / "cache"
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    again = select_subsets(tiny_run, "shifted", 100, METHODS, retrain=2, progress=False)
+    again = select_subsets(tiny_run, "shifted", 100, METHODS, retrain=2, progress=False, guard_retrain=0)
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == stamps
     assert again["methods"] == res["methods"]
 
@@ -253,6 +253,7 @@ def test_select_retrains_with_the_overridden_recipe(tiny_run):
     from datamodels.train import load_train_data, train_block
 
     rc, out, err = cli("select", tiny_run.path, "--budget", "0.25", "--retrain", "1", "--methods", "datamodels",
+                       "--guard-retrain", "0",
                        "--retrain-with", "lr=0.5", "--retrain-with", "epochs=2", "--quiet")
     assert rc == 0, err
     res = json.loads(out)
@@ -273,6 +274,7 @@ def test_report_gathers_the_selections_by_recipe(tiny_run):
     from datamodels.report import write_report
 
     made = [select_subsets(tiny_run, "shifted", k, ["datamodels", "random", "full"], retrain=2, progress=False,
+                           guard_retrain=0,
                        retrain_with=rw) for k, rw in ((100, None), (40, None), (40, {"lr": 0.5}))]
     summary = write_report(tiny_run)
     assert "selection.png" in summary["files"] and (tiny_run.report_dir / "selection.png").stat().st_size > 0
@@ -291,8 +293,8 @@ def test_select_adds_methods_under_one_protocol_and_refuses_another(tiny_run, tm
     """A second call at the same budget keeps the first call's methods; another protocol is refused, not
     written over."""
     out = tmp_path / "sel"
-    first = select_subsets(tiny_run, "shifted", 60, ["datamodels"], retrain=1, out=out, progress=False)
-    both = select_subsets(tiny_run, "shifted", 60, ["random", "full"], retrain=1, out=out, progress=False)
+    first = select_subsets(tiny_run, "shifted", 60, ["datamodels"], retrain=1, out=out, progress=False, guard_retrain=0)
+    both = select_subsets(tiny_run, "shifted", 60, ["random", "full"], retrain=1, out=out, progress=False, guard_retrain=0)
     assert list(both["methods"]) == ["datamodels", "random", "full"]
     assert both["methods"]["datamodels"] == first["methods"]["datamodels"]
     with np.load(both["masks"]) as z:
@@ -300,7 +302,7 @@ def test_select_adds_methods_under_one_protocol_and_refuses_another(tiny_run, tm
         dsdm = z["datamodels"]
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     with pytest.raises(DatamodelsError, match=r"retrain = 1 there, 3 now.*--out DIR"):
-        select_subsets(tiny_run, "shifted", 60, ["datamodels"], retrain=3, out=out, progress=False)
+        select_subsets(tiny_run, "shifted", 60, ["datamodels"], retrain=3, out=out, progress=False, guard_retrain=0)
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
     with np.load(both["masks"]) as z:
         assert np.array_equal(z["datamodels"], dsdm)

@@ -44,28 +44,9 @@ def select_by_accuracy(objective: TargetObjective, k: int, temperature: float = 
     """mask bool[n] of size k found by local search on the smooth predicted accuracy (module doc)."""
     if temperature <= 0:
         raise DatamodelsError(f"temperature = {temperature} must be positive.")
-    mask = select_by_margin(objective, k)
-    best = float(objective.smooth_accuracy(mask, temperature))
-    for _ in range(max_steps):
-        g = objective.smooth_accuracy_gradient(mask, temperature)
-        inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
-        drop = inside[np.argsort(g[inside], kind="stable")]  # weakest members first
-        add = outside[np.argsort(-g[outside], kind="stable")]  # strongest outsiders first
-        m = min(len(drop), len(add))
-        swaps = int(np.count_nonzero(g[add[:m]] > g[drop[:m]]))
-        improved = False
-        while swaps >= 1:
-            cand = mask.copy()
-            cand[drop[:swaps]] = False
-            cand[add[:swaps]] = True
-            value = float(objective.smooth_accuracy(cand, temperature))
-            if value > best:
-                mask, best, improved = cand, value, True
-                break
-            swaps //= 2
-        if not improved:
-            break
-    return mask
+    return local_search(lambda m: objective.smooth_accuracy(m, temperature),
+                        lambda m: objective.smooth_accuracy_gradient(m, temperature),
+                        select_by_margin(objective, k), max_steps)
 
 
 def best_subset_brute_force(objective: TargetObjective, k: int, score: str = "mean_margin") -> np.ndarray:
@@ -79,3 +60,41 @@ def best_subset_brute_force(objective: TargetObjective, k: int, score: str = "me
         masks[r, list(s)] = True
     values = getattr(objective, score)(masks)
     return masks[int(np.argmax(values))]
+
+
+def dsdm(ctx, k: int) -> np.ndarray:
+    """Selection method ``datamodels`` (contract: :mod:`.methods`)."""
+    return select_by_margin(ctx.objective, k)[None]
+
+
+def dsdm_accuracy(ctx, k: int) -> np.ndarray:
+    """Selection method ``datamodels_acc`` (contract: :mod:`.methods`)."""
+    return select_by_accuracy(ctx.objective, k, ctx.temperature)[None]
+
+
+def local_search(value, gradient, start: np.ndarray, max_steps: int = 200) -> np.ndarray:
+    """Swap search from mask `start` on any objective: value(mask) -> float, gradient(mask) -> float[n]
+    (the linearisation that proposes swaps); a swap set is kept only when value() itself improves, so it ends.
+    :func:`select_by_accuracy` is this search on the smooth predicted accuracy."""
+    mask = start.copy()
+    best = float(value(mask))
+    for _ in range(max_steps):
+        g = gradient(mask)
+        inside, outside = np.flatnonzero(mask), np.flatnonzero(~mask)
+        drop = inside[np.argsort(g[inside], kind="stable")]
+        add = outside[np.argsort(-g[outside], kind="stable")]
+        m = min(len(drop), len(add))
+        swaps = int(np.count_nonzero(g[add[:m]] > g[drop[:m]]))
+        improved = False
+        while swaps >= 1:
+            cand = mask.copy()
+            cand[drop[:swaps]] = False
+            cand[add[:swaps]] = True
+            v = float(value(cand))
+            if v > best:
+                mask, best, improved = cand, v, True
+                break
+            swaps //= 2
+        if not improved:
+            break
+    return mask

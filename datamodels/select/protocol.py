@@ -32,12 +32,21 @@ import numpy as np
 
 from ..errors import DatamodelsError
 from ..io import save_npz, write_json
-from .algorithms import select_by_accuracy, select_by_margin
-from .baselines import balanced_subset, random_subset, similarity_subset
-from .methods import METHODS, RANDOMISED, parse_methods
+from .baselines import random_subset
+from .methods import ALL_METHODS, BASELINES, METHODS, SelectionContext, parse_methods, run_method
 from .objectives import TargetObjective
 from ..seeds import SELECT_OFFSET, split_rng
 from .verify import accuracy, retrain_margins
+
+# do no harm: the selection half is split again (choose / check); a method's subset chosen on the
+# choose part is retrained GUARD_RETRAIN times beside as many random subsets (paired seeds from
+# GUARD_OFFSET) and scored on the check part; a gain below GUARD_MIN_GAIN or two standard errors
+# returns the safe choice instead.
+GUARD_RETRAIN = 3
+GUARD_MIN_GAIN = 0.01
+GUARD_SPLIT = 7_919  # added to the split seed: the check split is independent of the halves
+GUARD_OFFSET = SELECT_OFFSET + 250_000_000  # below VERIFY_OFFSET; never a selection retrain's seed
+
 
 def budget_size(budget, n: int) -> int:
     """Subset size k for a budget: a fraction in (0, 1] of the pool of n, or a whole count 1..n."""
@@ -61,30 +70,32 @@ def split_halves(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def choose_subsets(objective: TargetObjective, k: int, methods, train_x=None, train_y=None, target_x=None,
-                   draws: int = 1, seed: int = 0, temperature: float = 1.0) -> dict[str, np.ndarray]:
-    """{method: masks bool[D, n]}: D = draws for random and balanced, 1 otherwise.
+                   draws: int = 1, seed: int = 0, temperature: float = 1.0, pool_meta=None, target_meta=None,
+                   group_column: str = "group", source_column: str = "source") -> dict[str, np.ndarray]:
+    """{method: masks bool[D, n]}: D = draws for the randomised methods, 1 otherwise.
 
     objective: the selection half's datamodels; train_x float[n, ...] and
-    target_x float[t, ...] (the selection half's inputs) serve similarity;
-    train_y int[n] serves balanced.
+    target_x float[t, ...] (the selection half's inputs) serve similarity and
+    the classifier; train_y int[n] serves balanced; pool_meta / target_meta
+    (column -> [n] / [t]) serve the methods that read sources or groups.
     """
-    n = objective.n_train
-    out: dict[str, np.ndarray] = {}
-    for m in parse_methods(methods):
-        if m == "datamodels":
-            masks = select_by_margin(objective, k)[None]
-        elif m == "datamodels_acc":
-            masks = select_by_accuracy(objective, k, temperature)[None]
-        elif m == "random":
-            masks = np.stack([random_subset(n, k, seed, d) for d in range(draws)])
-        elif m == "balanced":
-            masks = np.stack([balanced_subset(train_y, k, seed, d) for d in range(draws)])
-        elif m == "similarity":
-            masks = similarity_subset(train_x, target_x, k)[None]
-        else:
-            masks = np.ones((1, n), dtype=bool)
-        out[m] = masks
-    return out
+    ctx = SelectionContext(objective, train_x, train_y, target_x, dict(pool_meta or {}), dict(target_meta or {}),
+                           group_column, source_column, int(draws), int(seed), float(temperature))
+    return {m: run_method(m, ctx, k) for m in parse_methods(methods)}
+
+
+def guard_split(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(choose, check): the selection half's positions split again, for the do-no-harm check."""
+    return split_halves(size, seed + GUARD_SPLIT)
+
+
+def credible(gains) -> tuple[bool, float, float]:
+    """(credible, mean gain, its standard error) of paired accuracy gains over random float[G]:
+    credible when the mean gain clears both GUARD_MIN_GAIN and two standard errors."""
+    gains = np.asarray(gains, dtype=np.float64)
+    se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("inf")
+    gain = float(gains.mean())
+    return bool(gain > max(GUARD_MIN_GAIN, 2 * se)), gain, se
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -128,13 +139,43 @@ def _earlier_methods(summary_path: Path, masks_path: Path, protocol: dict) -> tu
     return old.get("methods", {}), masks
 
 
+def _check_columns(pool_meta: dict, target_meta: dict, target_set: str, **columns) -> None:
+    """A group or source column named by the caller must exist in the pool's or the target set's metadata."""
+    for what, name in columns.items():
+        if name is not None and name not in pool_meta and name not in target_meta:
+            raise DatamodelsError(f"{what} = {name!r} is not a metadata column of the pool (it has "
+                                  f"{sorted(pool_meta) or 'none'}) or of target set {target_set!r} (it has "
+                                  f"{sorted(target_meta) or 'none'}).")
+
+
+def worst_group_accuracy(margins, columns, groups) -> np.ndarray:
+    """float64[R]: each model's lowest accuracy over the groups of the target columns (groups: [len(columns)])."""
+    groups = np.asarray(groups)
+    columns = np.asarray(columns, dtype=np.int64)
+    return np.min([accuracy(margins, columns[groups == g]) for g in np.unique(groups)], axis=0)
+
+
 def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
-               seed: int = 0, temperature: float = 1.0, progress: bool = True, retrain_with=None) -> dict:
+                   seed: int = 0, temperature: float = 1.0, progress: bool = True, retrain_with=None,
+                   group_column: str | None = None, source_column: str | None = None,
+                   guard_retrain: int = GUARD_RETRAIN, fallback: str = "random", unguarded: bool = False) -> dict:
     """Select a subset per method for `target_set` of a fitted run, retrain, and summarise (module doc).
 
     retrain_with: [trainer] fields for the retraining only, e.g. {"lr": 0.1}
     (a recipe tuned on alpha-subsets can be unstable on a small budget); the
     selection still uses the run's datamodels.
+
+    group_column / source_column: the metadata columns of groups and sources
+    (default "group" and "source"; one named here must exist).
+
+    Do no harm (guard_retrain > 0): every method that is not a baseline (the
+    datamodel methods, a user's own) is first run on one half of the selection half and its subset
+    retrained guard_retrain times beside as many random subsets of the same
+    size (paired seeds), scored on the other half. Unless its gain over random
+    clears GUARD_MIN_GAIN and two standard errors, the method's entry says so
+    (``guard``) and it returns `fallback` ("random" at the budget, or "full")
+    instead, named in ``returned``. unguarded=True also retrains the subset
+    it would have returned (``unguarded``), to measure what the check saved.
 
     Writes OUT/{stem}.npz (every method's masks bool[D, n]) and OUT/{stem}.json
     (the summary, also returned), stem = {target_set}-k{k}, plus -FIELD=VALUE
@@ -154,6 +195,10 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     retrain_spec = run.spec.replace(trainer=overrides) if overrides else run.spec  # names a bad field or value
     if int(retrain) != retrain or retrain < 0:
         raise DatamodelsError(f"retrain = {retrain!r} must be a whole number of models, 0 or more.")
+    if int(guard_retrain) != guard_retrain or guard_retrain < 0 or guard_retrain == 1:
+        raise DatamodelsError(f"guard_retrain = {guard_retrain!r} must be 0 (no check) or 2 or more models.")
+    if fallback not in ("random", "full"):
+        raise DatamodelsError(f"fallback = {fallback!r} must be 'random' or 'full'.")
     if temperature <= 0:
         raise DatamodelsError(f"temperature = {temperature!r} must be positive.")
     store = run.store(mode="r")
@@ -162,9 +207,23 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     if target_set == "train":
         raise DatamodelsError("target set = 'train' is the training pool itself; select for a held-out target set.")
     columns = attr.columns([target_set])  # raises when the fit has no such set
+    pool_meta, target_meta = run.metadata("train"), run.metadata(target_set)
+    _check_columns(pool_meta, target_meta, target_set, group_column=group_column, source_column=source_column)
+    group_column, source_column = group_column or "group", source_column or "source"
+    data = load_train_data(run.spec, run.data_dir)
+    train_y = data.y.cpu().numpy()
+    n_classes = int(np.unique(train_y).size)
+    if k < n_classes:
+        raise DatamodelsError(f"budget = {budget!r} gives {k} examples, fewer than one per class of the pool's "
+                              f"{n_classes} classes.")
     sel, ev = split_halves(len(columns), seed)
     held_out = [t for t in attr.target_sets if t.name != "train"]
     eval_columns = {t.name: t.start + split_halves(t.stop - t.start, seed)[1] for t in held_out}
+    eval_groups = {}
+    for t in held_out:
+        meta = target_meta if t.name == target_set else run.metadata(t.name)
+        if group_column in meta:
+            eval_groups[t.name] = np.asarray(meta[group_column])[split_halves(t.stop - t.start, seed)[1]]
 
     out_dir = Path(out) if out is not None else run.path / "select"
     stem = f"{target_set}-k{k}" + "".join(f"-{key}={value}" for key, value in sorted(overrides.items()))
@@ -174,25 +233,81 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         "split_seed": int(seed),
         "selection_half": int(len(sel)),
         "evaluation_half": int(len(ev)),
-        "selection_uses": f"datamodels (and images, for similarity) of the selection half of {target_set!r}",
+        "selection_uses": f"datamodels (inputs, metadata) of the selection half of {target_set!r}",
         "accuracy_on": "the evaluation half of every held-out target set, share with margin > 0",
         "retrain": int(retrain),
         "retrain_with": {key: overrides[key] for key in sorted(overrides)},
         "seeds": f"model indices {offset}..{offset + max(int(retrain), 1) - 1}, paired across methods",
         "randomised_methods": "a fresh draw per retrained model",
         "temperature": float(temperature),
+        "group_column": group_column,
+        "source_column": source_column,
+        "guard": ({"retrain": int(guard_retrain), "fallback": fallback, "min_gain": GUARD_MIN_GAIN,
+                   "rule": "choose on half of the selection half, retrain beside random subsets (paired seeds), "
+                           "score on the other half: credible when the mean gain > max(min_gain, 2 standard errors)",
+                   "seeds": f"model indices {GUARD_OFFSET}..{GUARD_OFFSET + int(guard_retrain) - 1}"}
+                  if guard_retrain else None),
     }
     earlier = _earlier_methods(summary_path, masks_path, protocol)  # refuses a clash before anything is written
 
-    data = load_train_data(run.spec, run.data_dir)
+    train_x = data.x.cpu().numpy()
+    all_target_x = data.target_x.cpu().numpy()
+    draws = max(1, int(retrain))
+
+    def choose(positions, names, n_draws):
+        cols = columns[positions]
+        return choose_subsets(TargetObjective.from_attribution(attr, cols), k, names, train_x=train_x,
+                              train_y=train_y, target_x=all_target_x[cols], draws=n_draws, seed=seed,
+                              temperature=temperature, pool_meta=pool_meta,
+                              target_meta={c: np.asarray(v)[positions] for c, v in target_meta.items()},
+                              group_column=group_column, source_column=source_column)
+
+    chosen = choose(sel, methods, draws)  # every method's own contract errors come before any training
     obj_sel = TargetObjective.from_attribution(attr, columns[sel])
     obj_eval = TargetObjective.from_attribution(attr, columns[ev])
-    draws = max(1, int(retrain))
-    chosen = choose_subsets(obj_sel, k, methods, train_x=data.x.cpu().numpy(), train_y=data.y.cpu().numpy(),
-                            target_x=data.target_x[columns[sel]].cpu().numpy(), draws=draws, seed=seed,
-                            temperature=temperature)
+    cache_dir = run.path / "select" / "cache"
+
+    def safe_masks(n_draws):
+        if fallback == "full" or k == store.n_train:
+            return np.ones((1, store.n_train), dtype=bool)
+        return np.stack([random_subset(store.n_train, k, seed, d) for d in range(n_draws)])
+
+    guards, replaced = {}, {}
+    checked = [m for m in methods if m not in BASELINES and guard_retrain]
+    if checked:
+        G = int(guard_retrain)
+        choose_pos, check_pos = guard_split(len(sel), seed)
+        check_cols = columns[sel[check_pos]]
+        trial = choose(sel[choose_pos], checked, G)
+        rand = np.stack([random_subset(store.n_train, k, seed, d) for d in range(G)])
+        acc_random = accuracy(retrain_margins(retrain_spec, run.data_dir, rand, cache_dir=cache_dir,
+                                              offset=GUARD_OFFSET, data=data, progress=progress,
+                                              desc="check random"), check_cols)
+        for m in checked:
+            rows = trial[m] if len(trial[m]) == G else np.repeat(trial[m][:1], G, axis=0)
+            acc_m = accuracy(retrain_margins(retrain_spec, run.data_dir, rows, cache_dir=cache_dir,
+                                             offset=GUARD_OFFSET, data=data, progress=progress,
+                                             desc=f"check {m}"), check_cols)
+            ok, gain, se = credible(acc_m - acc_random)
+            returned = m if ok else ("full" if fallback == "full" or k == store.n_train else "random")
+            guards[m] = {"credible": ok, "gain_over_random": round(gain, 4), "standard_error": round(se, 4),
+                         "check_targets": int(len(check_pos)), "returned": returned}
+            if not ok:
+                replaced[m] = chosen[m]
+                chosen[m] = safe_masks(draws)
 
     save_npz(masks_path, **{**earlier[1], **chosen})
+
+    def measured(masks, desc):
+        rows = masks if len(masks) == retrain else np.repeat(masks[:1], retrain, axis=0)
+        margins = retrain_margins(retrain_spec, run.data_dir, rows, cache_dir=cache_dir, offset=offset,
+                                  data=data, progress=progress, desc=desc)
+        out = {"accuracy": {name: _stats(accuracy(margins, cols)) for name, cols in eval_columns.items()}}
+        groups = {name: g for name, g in eval_groups.items() if len(np.unique(g)) > 1}
+        if groups:
+            out["worst_group"] = {name: _stats(worst_group_accuracy(margins, eval_columns[name], g))
+                                  for name, g in groups.items()}
+        return out
 
     summary_methods = dict(earlier[0])
     for m, masks in chosen.items():
@@ -206,13 +321,15 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
                 "eval_accuracy": round(float(obj_eval.accuracy(masks).mean()), 4),
             },
         }
+        if m in guards:
+            entry["guard"] = guards[m]
         if retrain:
-            rows = masks if len(masks) == retrain else np.repeat(masks[:1], retrain, axis=0)
-            margins = retrain_margins(retrain_spec, run.data_dir, rows, cache_dir=run.path / "select" / "cache",
-                                      offset=offset, data=data, progress=progress, desc=f"retrain {m}")
-            entry["accuracy"] = {name: _stats(accuracy(margins, cols)) for name, cols in eval_columns.items()}
+            entry.update(measured(masks, f"retrain {m}"))
+            if unguarded and m in replaced:
+                entry["unguarded"] = measured(replaced[m], f"retrain {m} (unguarded)")
         summary_methods[m] = entry
 
+    order = [m for m in ALL_METHODS if m in summary_methods] + [m for m in summary_methods if m not in ALL_METHODS]
     summary = {
         "run": str(run.path),
         "target_set": target_set,
@@ -220,7 +337,7 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         "k": int(k),
         "n_train": int(store.n_train),
         "protocol": protocol,
-        "methods": {m: summary_methods[m] for m in METHODS if m in summary_methods},
+        "methods": {m: summary_methods[m] for m in order},
         "masks": str(masks_path),
     }
     summary["summary"] = str(summary_path)
