@@ -1,4 +1,4 @@
-"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo, embed;
+"""The `datamodels` command: init, run, status, fit, eval, query, select, report, demo, embed, wiseft;
 consolidate, import and export for the store.
 
 User mistakes print one sentence and exit 2 (no traceback); nothing stored is lost.
@@ -23,7 +23,7 @@ def _print_json(obj) -> None:
 def cmd_init(a) -> int:
     from .runs import init_run
 
-    run = init_run(a.spec, a.run, force=a.force)
+    run = init_run(a.spec, a.run, force=a.force, allow_large=a.allow_large)
     st = run.store().status()
     print(f"store ready at {run.store_path}: {st['done']} of {st['n_models']} models done")
     return 0
@@ -157,17 +157,29 @@ def cmd_status(a) -> int:
     from .runs import open_run
 
     run = open_run(a.run)
-    store = run.store(mode="r")
+    store = run.store(mode="r+" if a.reset_bad else "r")
+    bad = store.bad_rows()
+    if a.reset_bad and len(bad):
+        store.mark_undone(bad, "was done but its margins were missing or non-finite (or its mask empty); "
+                          "marked not done by `datamodels status --reset-bad`")
+        print(f"{len(bad)} damaged rows marked not done: `datamodels run` trains them again", file=sys.stderr)
+        bad = bad[:0]
     st = store.status()
+    st["bad"] = len(bad)
     from .exec.slurm import job_states
 
     st.update(job_states(store))
     fails = store.failures()
     if a.json:
         st["failures"] = {str(k): v for k, v in fails.items()}
+        st["bad_rows"] = [int(i) for i in bad[:100]]
         _print_json(st)
         return 0
     print(" ".join(f"{k}={v}" for k, v in st.items() if not isinstance(v, (list, dict))))
+    if len(bad):
+        more = f" (and {len(bad) - 20} more)" if len(bad) > 20 else ""
+        print(f"  done but margins missing or non-finite: models {', '.join(map(str, bad[:20].tolist()))}{more}; "
+              "`datamodels status RUN --reset-bad` marks them not done")
     for i, why in list(fails.items())[:20]:
         print(f"  model {i} failed: {why}")
     return 0
@@ -285,7 +297,7 @@ def cmd_verify(a) -> int:
     from .attribution import Attribution, parse_index_list
     from .evaluate import verify_removals
     from .runs import open_run
-    from .seeds import VERIFY_OFFSET
+    from .seeds import VERIFY_OFFSET, sample_targets
 
     run = open_run(a.run)
     attr = Attribution.from_run(run, labels=False)
@@ -299,7 +311,7 @@ def cmd_verify(a) -> int:
             pool = np.arange(test.start, test.stop)
         if not 1 <= a.targets <= len(pool):
             raise DatamodelsError(f"--targets = {a.targets} must lie in 1..{len(pool)}.")
-        targets = np.sort(np.random.default_rng(a.seed).choice(pool, a.targets, replace=False))
+        targets = sample_targets(a.seed, pool, a.targets)
     sizes = parse_index_list(a.sizes, "--sizes")
     spec = run.spec.replace(trainer={"threads": a.threads}) if a.threads else run.spec
     offset = a.offset if a.offset is not None else max(VERIFY_OFFSET, store.n_models)
@@ -419,6 +431,27 @@ def cmd_embed(a) -> int:
     return 0
 
 
+def cmd_wiseft(a) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from .embed.robust import plot_wiseft, run_wiseft
+    from .io import save_npz
+    from .runs import open_run
+
+    run = open_run(a.run)
+    w = run_wiseft(run, id_set=a.id_set, zeroshot=a.zeroshot, alphas=np.linspace(0, 1, a.alphas), init=a.init,
+                     lam=a.lam, steps=a.steps, lr=a.lr)
+    out = Path(a.out) if a.out else run.path / "wiseft"
+    out.mkdir(parents=True, exist_ok=True)
+    save_npz(out / "probe.npz", weight=w.probe.weight, bias=w.probe.bias)
+    write_json(out / "wiseft.json", w.result, indent=1)
+    plot_wiseft(w.result, w.models, out / "wiseft.png")
+    _print_json(w.result)
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="datamodels", description="Datamodels: train subset models, fit, query.")
@@ -428,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="experiment spec (TOML)")
     s.add_argument("run", help="run directory to create")
     s.add_argument("--force", action="store_true", help="replace an existing store (its rows are lost)")
+    s.add_argument("--allow-large", action="store_true",
+                   help="make a store larger than the free disk space or inodes here (the estimate is printed)")
     s.set_defaults(func=cmd_init)
 
     s = sub.add_parser("run", help="train every model not yet done")
@@ -447,9 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to the task id: arrays past MaxArraySize restart their task ids at 0")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("status", help="done, missing and failed rows")
+    s = sub.add_parser("status", help="done, missing, failed and damaged rows")
     s.add_argument("run")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--reset-bad", action="store_true",
+                   help="mark done rows whose margins are missing or non-finite as not done, to train them again")
     s.set_defaults(func=cmd_status)
 
     s = sub.add_parser("consolidate", help="rechunk a finished store into large chunks for fast reading")
@@ -591,6 +628,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-zeroshot", action="store_true", help="skip the zero-shot head")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_embed)
+
+    s = sub.add_parser("wiseft", help="zero-shot head -> trained probe interpolation on embedding tables, "
+                                      "with effective robustness against the run's models")
+    s.add_argument("run")
+    s.add_argument("--id-set", default="test", help="the target set from the pool's distribution")
+    s.add_argument("--zeroshot", help="zero-shot head (default: the one datamodels embed put beside the pool)")
+    s.add_argument("--init", default="zeroshot", help="the probe starts from 'zeroshot' or 'zeros'")
+    s.add_argument("--lam", type=float, default=1e-3, help="the probe's L2 penalty")
+    s.add_argument("--steps", type=int, default=None, help="gradient steps (default: L-BFGS to convergence)")
+    s.add_argument("--lr", type=float, default=0.1, help="step size with --steps")
+    s.add_argument("--alphas", type=int, default=11, help="mixing weights 0..1, evenly spaced")
+    s.add_argument("--out", help="folder for wiseft.json and wiseft.png (default: RUN/wiseft)")
+    s.set_defaults(func=cmd_wiseft)
     return p
 
 
