@@ -26,10 +26,10 @@ the random-mask design's standardised Gram is close to the identity, so a
 block step is nearly exact and a lambda needs two or three epochs (as in the
 Gram solver), where FISTA's full-gradient steps need tens.
 
-Memory (:func:`streaming_fit_bytes`): the packed masks (m n / 8), residuals
-and centred margins of all rows for one block of targets (2 x m x k_block
-floats, plus the validation rows' for the path), one unpacked column block
-(m x block floats) and n x k_block working weights.
+Memory (:func:`streaming_fit_bytes`): the packed masks (m n / 8), residuals,
+centred margins and their temporaries for one block of targets (8 x m x
+k_block floats), one unpacked column block (m x block, as bits and floats)
+and n x k_block working weights; the estimator adds the margins (m x k float32).
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def streaming_fit_bytes(n: int, m: int, k: int, k_block: int, block: int = 256, 
     kb = min(k, k_block)
     parts = {
         "packed_masks": (-(-m // 8)) * n,
-        "residuals": 4 * m * kb * itemsize,
-        "column_block": m * block * (itemsize + 1 + 8),  # unpacked, as floats, as float64 when planning
+        "residuals": 8 * m * kb * itemsize,  # centred margins, residuals, their updates and predictions
+        "column_block": m * block * (2 * itemsize + 1),  # unpacked bits, as floats, one product temporary
         "weights": 4 * n * k + 10 * n * kb * itemsize,
         "packing": CHUNK,  # rows being packed, by column chunks
     }
@@ -181,10 +181,12 @@ class _DiagGram:
         if self._last[0] != b:
             D = self.D
             b1 = min(D.n, b + self.block)
-            X = _np(D.cols(b, b1)).astype(np.float64)
+            X = _np(D.cols(b, b1))
             inv = _np(D.inv[b:b1]).astype(np.float64)
-            Xs = (X - X.mean(axis=0)) * inv  # the rows' own mean is the mu they are standardised by
-            G = Xs.T @ Xs / D.m
+            # counts of 0/1 columns are exact in float32; centred (at the rows' own mean, the mu they
+            # are standardised by) and scaled in float64 on the small block only
+            mean = X.sum(axis=0, dtype=np.float64) / D.m
+            G = ((X.T @ X).astype(np.float64) / D.m - np.outer(mean, mean)) * np.outer(inv, inv)
             const = inv == 0
             G[const, const] = 1.0
             self._last = (b, G)
@@ -257,20 +259,20 @@ def lasso_path_streaming(xp, train: list[PackedMasks], val: list[PackedMasks], Y
     m_va = sum(p.m for p in val)
     n = train[0].n
     k = Y_tr.shape[1]
-    Y_tr = np.asarray(Y_tr, dtype=np.float64)
-    Y_va = np.asarray(Y_va, dtype=np.float64)
+    # margins stay in float32 (as stored); their means are taken in float64
+    Y_tr, Y_va = np.asarray(Y_tr, dtype=np.float32), np.asarray(Y_va, dtype=np.float32)
     mu = sum(p.sx for p in train) / m_tr
     var = np.maximum(mu * (1 - mu), 0.0)
     sigma = np.where(var > 1e-12, np.sqrt(var), 0.0)
     const = sigma == 0
     scale = np.where(const, 1.0, sigma)
-    ybar = Y_tr.mean(axis=0)
+    ybar = Y_tr.mean(axis=0, dtype=np.float64)
 
     def arr(a):
         return xp.asarray(np.asarray(a), dtype=f, device=dev)
 
-    tr = _Data(xp, train, mu, scale, const, arr(Y_tr - ybar), f)
-    va = _Data(xp, val, mu, scale, const, arr(Y_va - ybar), f)
+    tr = _Data(xp, train, mu, scale, const, arr(Y_tr - ybar.astype(np.float32)), f)
+    va = _Data(xp, val, mu, scale, const, arr(Y_va - ybar.astype(np.float32)), f)
     blocks = plan_blocks(_DiagGram(tr, block), block)
     lam_max = _np(xp.astype(xp.max(xp.abs(tr.full_grad(tr.Yc, block)), axis=0), xp.float64))
     lambdas = np.geomspace(1.0, lambda_ratio, n_lambdas)[:, None] * lam_max[None, :]
@@ -317,8 +319,9 @@ def lasso_path_streaming(xp, train: list[PackedMasks], val: list[PackedMasks], Y
     const_a = sigma_a == 0
     scale_a = np.where(const_a, 1.0, sigma_a)
     Y_all = np.concatenate([Y_tr, Y_va])
-    ybar_a = Y_all.mean(axis=0)
-    al = _Data(xp, list(train) + list(val), mu_a, scale_a, const_a, arr(Y_all - ybar_a), f)
+    ybar_a = Y_all.mean(axis=0, dtype=np.float64)
+    Y_all -= ybar_a.astype(np.float32)
+    al = _Data(xp, list(train) + list(val), mu_a, scale_a, const_a, arr(Y_all), f)
     del tr, va, r
     blocks_a = plan_blocks(_DiagGram(al, block), block)
     Wa = arr(np.where(const_a[:, None], 0.0, coef_tr * scale_a[:, None]))
