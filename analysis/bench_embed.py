@@ -35,14 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from datamodels.embed.model import import_open_clip, load_model  # noqa: E402
 from datamodels.embed.table import embed_batch  # noqa: E402
+from datamodels.embed.tiny import TINY_CONFIG  # noqa: E402
 from datamodels.seeds import sample_masks  # noqa: E402
 from datamodels.spec import load_spec, spec_from_dict  # noqa: E402
 from datamodels.train.block import TrainData, train_block  # noqa: E402
-
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
-
 
 def rate(fn, count: int, rounds: int) -> dict:
     """Median over rounds of count / wall seconds and count / CPU seconds of this process."""
@@ -58,7 +54,7 @@ def rate(fn, count: int, rounds: int) -> dict:
 def bench_embed(name: str, images: int, batch: int, tmp: Path, device: str = "cpu") -> dict:
     if name == "tiny":
         cfg = tmp / "tiny-clip.json"
-        cfg.write_text(json.dumps(TINY))
+        cfg.write_text(json.dumps(TINY_CONFIG))
         name = str(cfg)
     clip = load_model(name, random=True, device=device)
     rng = np.random.default_rng(0)

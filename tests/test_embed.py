@@ -19,45 +19,20 @@ torch = pytest.importorskip("torch")
 
 from datamodels.cli import main  # noqa: E402
 from datamodels.embed.model import import_open_clip, load_model  # noqa: E402
+from datamodels.embed.tiny import COLOURS, TINY_CONFIG, colour_images, write_tiny  # noqa: E402, F401
 
 try:
     open_clip = import_open_clip()
 except Exception as e:  # noqa: BLE001 - the reason is shown in the skip
     pytest.skip(f"open_clip does not import here ({e}): pip install '.[clip]'", allow_module_level=True)
 
-TINY = {"embed_dim": 16,
-        "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
-        "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 16, "heads": 1, "layers": 1}}
-CLASSES = ["red", "green", "blue"]
-
-
-def write_tiny(folder: Path, name: str = "tiny-clip", cfg: dict = TINY, seed: int = 0) -> tuple[Path, Path]:
-    """(config .json, checkpoint .pt) of a tiny CLIP with random weights."""
-    folder.mkdir(parents=True, exist_ok=True)
-    config = folder / f"{name}.json"
-    config.write_text(json.dumps(cfg))
-    open_clip.add_model_config(config)
-    torch.manual_seed(seed)
-    model = open_clip.create_model(name, pretrained=None)
-    ckpt = folder / f"{name}.pt"
-    torch.save(model.state_dict(), ckpt)
-    return config, ckpt
+TINY = TINY_CONFIG
+CLASSES = COLOURS
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     return write_tiny(tmp_path_factory.mktemp("clip"))
-
-
-def colour_images(n: int, seed: int, size=(32, 32), shift: float = 0.0,
-                  signal: float = 0.4) -> tuple[np.ndarray, np.ndarray]:
-    """uint8[n, H, W, 3] images whose class (0, 1, 2) is the channel raised by `signal`, plus noise; y int64[n]."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.uniform(0.0, 1.0 - signal, (n, *size, 3))
-    x[np.arange(n), :, :, y] += signal
-    x = np.clip(x + shift, 0, 1)
-    return (x * 255).astype(np.uint8), y
 
 
 def cli(*args) -> int:

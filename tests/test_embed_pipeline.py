@@ -19,19 +19,10 @@ torch = pytest.importorskip("torch")
 
 from datamodels.spec import toml_text  # noqa: E402
 
+from datamodels.embed.tiny import probe_spec  # noqa: E402
 from test_embed import CLASSES, TINY, cli, colour_images, open_clip, write_tiny  # noqa: E402, F401
 
-SPEC = {
-    "experiment": {"name": "clip_probe_tiny", "seed": 0, "n_models": 1000, "alpha": 0.5, "sampler": "fixed",
-                   "block_size": 500},
-    "data": {"dataset": "arrays", "pool": "emb/pool.npz",
-             "targets": {"test": "emb/test.npz", "shift": "emb/shift.npz"}, "normalize": "standardize"},
-    "model": {"name": "linear"},
-    "trainer": {"kind": "batched", "epochs": 4, "batch_size": 50, "lr": 0.05, "momentum": 0.9,
-                "weight_decay": 1e-3, "init": "shared", "models_per_batch": 500, "threads": 1},
-    "targets": {"sets": ["test", "shift"]},
-    "fit": {"holdout": 100, "val_fraction": 0.1, "n_lambdas": 20},
-}
+SPEC = probe_spec(1000)
 
 
 @pytest.fixture(scope="module")
