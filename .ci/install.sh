@@ -17,6 +17,12 @@ if [ "${WITH_SLURM:-1}" = 1 ]; then
   { [ -x /usr/sbin/slurmctld ] || command -v slurmctld >/dev/null; } \
     && { [ -x /usr/sbin/munged ] || command -v munged >/dev/null; } || need_apt+=(slurm-wlm munge)
 fi
+# Headless Chromium for tests/test_report_page.py (the report page opened in a real browser), with a font
+# for its text; WITH_CHROMIUM=0 skips it (those tests then skip, saying why).
+if [ "${WITH_CHROMIUM:-1}" = 1 ]; then
+  command -v chromium >/dev/null || need_apt+=(chromium)
+  [ -d /usr/share/fonts/truetype/dejavu ] || need_apt+=(fonts-dejavu-core)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing system packages: ${need_apt[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo

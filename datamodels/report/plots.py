@@ -9,8 +9,15 @@ from ..io import save_figure
 
 
 def show_image(ax, img: np.ndarray) -> None:
-    """One image on `ax`, scaled to its own range, without ticks: [H, W] in grey, [C, H, W] or [H, W, C]."""
+    """One image on `ax`, scaled to its own range, without ticks: [H, W] in grey, [C, H, W] or [H, W, C];
+    a feature row [d] as a strip of d coloured cells."""
     img = np.asarray(img)
+    if img.ndim == 1:  # a feature row (tabular data): one strip of cells, coloured by value
+        lo, hi = float(img.min()), float(img.max())
+        ax.imshow(((img - lo) / (hi - lo + 1e-8))[None, :], cmap="coolwarm", aspect="auto")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        return
     if img.ndim == 3 and img.shape[0] in (1, 3):
         img = np.moveaxis(img, 0, -1)
     if img.ndim == 3 and img.shape[-1] == 1:
@@ -103,4 +110,78 @@ def plot_scatter(path, predicted: np.ndarray, actual: np.ndarray, res: LDSResult
     ax.set_title(f"LDS = {res.lds:.3f}")
     fig.tight_layout()
     save_figure(fig, path, dpi=120)
+    plt.close(fig)
+
+
+def plot_lds_curve(path, curves: dict, noise_ceiling: dict | None = None) -> None:
+    """LDS against the number of training models: curves {name: [(n_models, lds), ...]}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for c, (name, pts) in enumerate(curves.items()):
+        xs, ys = zip(*pts)
+        ax.plot(xs, ys, marker="o", label=name, color=f"C{c}")
+        if noise_ceiling and noise_ceiling.get(name) is not None:
+            ax.axhline(noise_ceiling[name], color=f"C{c}", ls=":", lw=1, label=f"{name} noise ceiling")
+    ax.set_xscale("log")
+    ax.set_xlabel("training models fitted on")
+    ax.set_ylabel("LDS")
+    ax.set_title("LDS against the number of models", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def plot_brittleness(path, sizes: list, n_wrong: int, n_missing: int) -> None:
+    """Histogram of brittleness sizes (examples removed to flip a prediction), the rest counted in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = [s for s in sizes if s is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2))
+    if found:
+        ax.hist(found, bins=np.unique(np.geomspace(1, max(found) + 1, 30).astype(int)))
+        ax.set_xscale("log")
+    ax.set_xlabel("top positive influencers removed to flip the prediction (predicted)")
+    ax.set_ylabel("targets")
+    ax.set_title(f"{len(found)} flip; {n_missing} do not flip; {n_wrong} already wrong", fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+    plt.close(fig)
+
+
+def plot_robustness(path, groups: list) -> None:
+    """Per selected target set and recipe: each retrained model's target-set accuracy against its
+    in-distribution accuracy, with the probit line of the baselines (datamodels.report.sections.robustness)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.stats import norm
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
+    for ax, g in zip(axes[0], groups):
+        allx = []
+        for c, (m, p) in enumerate(g["points"].items()):
+            er = g["effective_robustness"][m]
+            ax.scatter(p["in_distribution"], p["target"], s=12, alpha=0.7, color=f"C{c}", label=f"{m} (ER {er:+.3f})")
+            allx += p["in_distribution"]
+        eps = 0.5 / g["n_eval"]
+        xs = np.linspace(min(allx), min(max(allx), 1 - eps), 100)
+        line = g["line"]
+        ax.plot(xs, norm.cdf(line["slope"] * norm.ppf(np.clip(xs, eps, 1 - eps)) + line["intercept"]), "k--", lw=1,
+                label="probit fit on " + " + ".join(line["fitted_on"]))
+        recipe = ", ".join(f"{k}={v}" for k, v in g["retrain_with"].items()) or "the run's recipe"
+        ax.set_xlabel(f"accuracy on {g['in_distribution']!r} (in distribution)")
+        ax.set_ylabel(f"accuracy on {g['target_set']!r}")
+        ax.set_title(f"selected for {g['target_set']!r} ({recipe})", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
