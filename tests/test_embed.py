@@ -135,6 +135,37 @@ def test_folder_with_a_corrupt_image_keeps_finished_chunks_and_resumes(tiny, tmp
     assert cos.min() > 0.98, cos.min()
 
 
+@pytest.mark.slow
+def test_a_killed_embed_resumes_to_the_same_table(tiny, tmp_path):
+    """SIGKILL mid-run (a real process, between or during chunk writes): the rerun computes only what is missing."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config, ckpt = tiny
+    x, y = colour_images(1000, 6)
+    np.savez(tmp_path / "imgs.npz", x=x, y=y)
+    out, partial = tmp_path / "emb.npz", tmp_path / "emb.npz.partial"
+    args = ["embed", tmp_path / "imgs.npz", out, "--model", config, "--checkpoint", ckpt, "--chunk-size", 25,
+            "--no-zeroshot", "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "datamodels.cli", *map(str, args), "--batch-size", "1"],
+                            start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list(partial.glob("chunk-*.npy"))) < 2 and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    kept = len(list(partial.glob("chunk-*.npy")))
+    assert not out.exists() and 2 <= kept < 40, kept
+    assert cli(*args, "--batch-size", 250) == 0  # the batch size may change; the chunking may not
+    with np.load(out) as z:
+        got = z["x"]
+    clip = load_model(str(config), checkpoint=str(ckpt))
+    np.testing.assert_allclose(got.astype(np.float32), direct_features(clip, x), atol=2e-3)
+
+
 def test_resume_refuses_other_weights(tiny, tmp_path, capsys):
     config, ckpt = tiny
     x, y = colour_images(8, 3)
