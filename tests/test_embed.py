@@ -166,6 +166,33 @@ def test_a_killed_embed_resumes_to_the_same_table(tiny, tmp_path):
     np.testing.assert_allclose(got.astype(np.float32), direct_features(clip, x), atol=2e-3)
 
 
+def test_a_run_folder_embeds_every_split_with_its_normalisation_undone(tiny, tmp_path, capsys):
+    from datamodels.spec import toml_text
+
+    config, ckpt = tiny
+    for name, seed in (("pool", 7), ("test", 8)):
+        x, y = colour_images(30, seed)
+        np.savez(tmp_path / f"{name}.npz", x=x, y=y, group=np.arange(30) % 2)
+    spec = {"experiment": {"name": "imgs", "n_models": 4, "alpha": 0.5},
+            "data": {"dataset": "arrays", "pool": "pool.npz", "targets": {"test": "test.npz"},
+                     "normalize": "standardize"},
+            "model": {"name": "linear"}, "targets": {"sets": ["test"]}, "fit": {"holdout": 1}}
+    (tmp_path / "spec.toml").write_text(toml_text(spec))
+    assert cli("init", tmp_path / "spec.toml", tmp_path / "run") == 0
+    assert cli("embed", tmp_path / "run", tmp_path / "emb", "--model", config, "--checkpoint", ckpt,
+               "--classes", ",".join(CLASSES), "--templates", "single", "--quiet") == 0
+    clip = load_model(str(config), checkpoint=str(ckpt))
+    for split, name in (("train", "pool"), ("test", "test")):
+        with np.load(tmp_path / "emb" / f"{split}.npz") as z, np.load(tmp_path / f"{name}.npz") as src:
+            np.testing.assert_array_equal(z["y"], src["y"])
+            np.testing.assert_array_equal(z["group"], src["group"])
+            np.testing.assert_allclose(z["x"].astype(np.float32), direct_features(clip, src["x"]), atol=2e-3)
+    assert (tmp_path / "emb" / "zeroshot.npz").is_file()
+    assert set(json.loads((tmp_path / "emb" / "embed.json").read_text())["splits"]) == {"train", "test"}
+    assert cli("embed", tmp_path / "run", tmp_path / "emb.npz", "--model", config, "--checkpoint", ckpt) == 2
+    assert "OUT is a folder" in capsys.readouterr().err
+
+
 def test_resume_refuses_other_weights(tiny, tmp_path, capsys):
     config, ckpt = tiny
     x, y = colour_images(8, 3)
