@@ -344,8 +344,10 @@ def cmd_report(a) -> int:
     from .report import write_report
 
     run = open_run(a.run)
-    summary = write_report(run)
-    print(f"report written to {run.report_dir}")
+    if a.max_targets < 1:
+        raise DatamodelsError(f"--max-targets = {a.max_targets} must be at least 1.")
+    summary = write_report(run, lds_curve=a.lds_curve, max_targets=a.max_targets)
+    print(f"report written to {run.report_dir} (open {run.report_dir / 'index.html'} in a browser)")
     _print_json(summary)
     return 0
 
@@ -600,8 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_select)
 
-    s = sub.add_parser("report", help="plots and a summary of a fitted run")
+    s = sub.add_parser("report", help="plots, a summary and index.html, one page of it all, for a fitted run")
     s.add_argument("run")
+    s.add_argument("--lds-curve", default=None, metavar="FILE",
+                   help="an LDS curve (analysis/lds_curve.py's JSON) to show; default RUN/lds_curve.json if present")
+    s.add_argument("--max-targets", type=int, default=1000, help="the most targets in the page's table")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("demo", help="the whole pipeline on the built-in digits dataset")

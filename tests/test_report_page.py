@@ -17,7 +17,7 @@ from datamodels.report.browser import find_chromium
 from datamodels.report.page import fmt_num
 from datamodels.spec import toml_text
 
-from conftest import REPO, SMALL, write_spec
+from conftest import REPO, SMALL, assert_one_sentence, cli, write_spec
 
 CHROMIUM = find_chromium()
 needs_browser = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine (Debian: apt-get install "
@@ -140,6 +140,9 @@ def test_tabular_page_shows_feature_rows_and_groups(tabular_run, tmp_path):
     from datamodels.report import write_report
     from datamodels.report.browser import Chromium, check_report
 
+    # an LDS curve as analysis/lds_curve.py writes it, where the report looks for one
+    curve = {"linear": {"curve": [{"n_models": 50, "lds": 0.41}, {"n_models": 100, "lds": 0.52}], "noise_ceiling": 0.8}}
+    (tabular_run.path / "lds_curve.json").write_text(json.dumps(curve))
     summary = write_report(tabular_run)
     page = tabular_run.report_dir / "index.html"
     res = check_report(page)
@@ -157,7 +160,7 @@ def test_tabular_page_shows_feature_rows_and_groups(tabular_run, tmp_path):
     assert_values_match(res["values"], summary, must_have=(
         "lds.lds", "pool_by_group.source.clinic_b.positive_share", "lds_by_group.test.group.0.lds",
         "leakage.candidates.0.similarity", "selection.0.methods.datamodels.large.mean.0",
-        "robustness.0.effective_robustness.datamodels",
+        "robustness.0.effective_robustness.datamodels", "lds_curve.curves.linear.1.1",
         f"selection_by_group.0.shares.datamodels.{next(iter(first['pool']))}"))
     with Chromium() as b:
         b.open(page)
@@ -170,3 +173,11 @@ def test_tabular_page_shows_feature_rows_and_groups(tabular_run, tmp_path):
 
     x, _ = load_display_split(tabular_run.spec.data, tabular_run.data_dir, "test")
     assert np.allclose([float(v) for v in rows[1][4:]], x[0, :12], rtol=1e-3)
+
+
+def test_report_bad_input_one_sentence(tabular_run):
+    """A missing LDS-curve file or no room in the table: one sentence, exit 2, before any work."""
+    rc, _, err = cli("report", tabular_run.path, "--lds-curve", tabular_run.path / "nope.json")
+    assert_one_sentence(rc, err, "--lds-curve", "nope.json")
+    rc, _, err = cli("report", tabular_run.path, "--max-targets", "0")
+    assert_one_sentence(rc, err, "--max-targets")

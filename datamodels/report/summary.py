@@ -42,12 +42,14 @@ def load_lds_curve(path) -> dict:
     import json
     from pathlib import Path
 
+    from ..errors import DatamodelsError
+
+    if not Path(path).is_file():
+        raise DatamodelsError(f"--lds-curve = {str(path)!r} is not a file.")
     raw = json.loads(Path(path).read_text())
     curves = {m: [[int(p["n_models"]), float(p["lds"])] for p in v["curve"]]
               for m, v in raw.items() if isinstance(v, dict) and isinstance(v.get("curve"), list)}
     if not curves:
-        from ..errors import DatamodelsError
-
         raise DatamodelsError(f"--lds-curve {str(path)!r} holds no curve (expected {{model: {{\"curve\": "
                               "[{\"n_models\", \"lds\"}, ...]}}} as analysis/lds_curve.py writes).")
     return {"source": str(path), "curves": curves,
@@ -64,6 +66,9 @@ def write_report(run: Run, lds_curve=None, max_targets: int = MAX_TARGETS) -> di
 
     from . import sections
 
+    default_curve = run.path / "lds_curve.json"
+    curve = load_lds_curve(lds_curve if lds_curve is not None else default_curve) \
+        if lds_curve is not None or default_curve.is_file() else None  # read first: a bad file stops before any work
     dm = run.load_fit()
     store = run.store(mode="r")
     predicted, actual, res = heldout_predictions(run, dm)
@@ -115,9 +120,8 @@ def write_report(run: Run, lds_curve=None, max_targets: int = MAX_TARGETS) -> di
         plot_robustness(out / "selection_robustness.png", rob)
         summary["files"].append("selection_robustness.png")
         summary["robustness"] = [{k: v for k, v in g.items() if k != "points"} for g in rob]
-    curve_path = lds_curve if lds_curve is not None else run.path / "lds_curve.json"
-    if lds_curve is not None or curve_path.is_file():
-        summary["lds_curve"] = load_lds_curve(curve_path)
+    if curve is not None:
+        summary["lds_curve"] = curve
         plot_lds_curve(out / "lds_curve.png", summary["lds_curve"]["curves"], summary["lds_curve"]["noise_ceiling"])
         summary["files"].append("lds_curve.png")
     table = table_data(attr, cols, res.per_target, sizes, tx, ty, trx, try_)
