@@ -49,3 +49,14 @@ def test_effective_robustness_is_zero_on_the_line_and_positive_above_it():
     np.testing.assert_allclose(effective_robustness(line, id_acc, shift_acc), 0, atol=1e-9)
     assert effective_robustness(line, [0.75], [norm.cdf(0.8 * norm.ppf(0.75) - 0.3) + 0.05])[0] == \
         pytest.approx(0.05)
+
+
+def test_a_head_of_another_dimension_or_a_missing_head_is_one_sentence(tmp_path):
+    from datamodels.embed.robust import check_dims, load_head
+    from datamodels.errors import DatamodelsError
+
+    head = Head(np.zeros((3, 16), np.float32), np.zeros(3, np.float32))
+    with pytest.raises(DatamodelsError, match=r"shape \[24\] but the head takes d = 16"):
+        check_dims(head, np.zeros((5, 24), np.float32), "data.targets.shift")
+    with pytest.raises(DatamodelsError, match="does not exist"):
+        load_head(tmp_path / "nope.zeroshot.npz")
