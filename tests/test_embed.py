@@ -220,6 +220,7 @@ def test_bad_model_checkpoint_and_weights_in_one_sentence(tiny, tmp_path, capsys
         (("--model", config, "--checkpoint", tmp_path / "junk.pt"), "cannot be read as a state dict"),
         (("--model", config, "--checkpoint", tmp_path / "missing.pt"), "does not exist"),
         (("--model", config), "needs its weights"),
+        (("--model", config, "--checkpoint", ckpt, "--device", "tpu"), "must be cpu or cuda"),
         (("--model", "ViT-B-32", "--pretrained", "openai", "--cache-dir", tmp_path / "cache"),
          "not in open_clip's cache"),
     ]

@@ -132,6 +132,12 @@ def load_model(name: str, checkpoint: str | None = None, pretrained: str | None 
                random: bool = False, cache_dir: str | None = None) -> ClipModel:
     """Build open_clip model `name` and load its weights (see the module doc); eval mode on `device`."""
     open_clip = import_open_clip()
+    import torch
+
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise DatamodelsError(f"--device = {device!r}: this torch sees no CUDA GPU (use --device cpu).")
+    if not (str(device) == "cpu" or str(device).startswith("cuda")):
+        raise DatamodelsError(f"--device = {device!r} must be cpu or cuda[:N].")
     arch = resolve_name(name)
     if checkpoint and pretrained:
         raise DatamodelsError("give --checkpoint FILE or --pretrained TAG, not both.")
