@@ -49,7 +49,7 @@ def cnn(in_shape, n_classes, model):
 
 def resnet9(in_shape, n_classes, model):
     """The FFCV CIFAR-10 ResNet-9 of ``model.width`` (an nn.Module with batch-norm: one model at a time)."""
-    from .ffcv_trainer import resnet9 as build
+    from .resnet import resnet9 as build
 
     if len(in_shape) != 3:
         raise DatamodelsError(f"model.name = 'resnet9' needs images [C, H, W], got inputs of shape {list(in_shape)}.")
@@ -79,7 +79,7 @@ def build_module(spec, in_shape, n_classes, rng: np.random.Generator) -> nn.Modu
     stacked model takes its init from ``rng`` directly (``init_one``), leaving
     ``rng`` exactly where the batched trainer leaves it.
     """
-    from .batched import init_params
+    from .recipe import init_params
 
     build = MODELS.load(spec.model.name)
     state = rng.bit_generator.state

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..seeds import model_rng
+from ..seeds import INIT_STREAM, model_rng
 from .base import report_progress
-from .batched import INIT_STREAM, epoch_order, init_sources, lr_at
+from .recipe import epoch_order, init_sources, lr_at
 from .margins import outputs_from_logits
 from .modules import build_module
 

@@ -28,7 +28,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 from ..errors import DatamodelsError
 from ..seeds import INIT_STREAM, model_rng
 from .base import report_progress
-from .batched import EVAL_ROWS, autograd_step, epoch_order, init_sources
+from .recipe import EVAL_ROWS, autograd_step, epoch_order, init_sources
 from .margins import outputs_from_logits
 from .modules import build_module, refuse_cross_sample_state
 
