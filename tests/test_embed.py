@@ -245,3 +245,17 @@ def test_real_checkpoint_zero_shot_beats_chance(tmp_path):
     head = np.load(tmp_path / "emb.zeroshot.npz")
     pred = (np.load(tmp_path / "emb.npz")["x"].astype(np.float32) @ head["weight"].T).argmax(1)
     assert (pred == y).mean() > 0.8
+
+
+def test_one_size_batch_resizes_like_one_image_at_a_time(tiny):
+    from datamodels.embed.table import preprocess
+
+    config, ckpt = tiny
+    clip = load_model(str(config), checkpoint=str(ckpt))
+    ims = list(np.random.default_rng(9).uniform(0, 1, (4, 3, 40, 56)).astype(np.float32))
+    batch = preprocess(ims, clip)
+    single = torch.cat([preprocess([im], clip) for im in ims])
+    assert batch.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(batch, single, rtol=0, atol=1e-6)
+    grey = preprocess([ims[0][:1]], clip)  # one channel: repeated to RGB before the model's mean and std
+    assert grey.shape == (1, 3, 32, 32)

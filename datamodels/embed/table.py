@@ -43,21 +43,25 @@ def preprocess(images: list, clip):
 
     h, w = clip.image_size
     mode = "bicubic" if clip.interpolation == "bicubic" else "bilinear"
+    shapes = {np.shape(im) for im in images}
+    # images of one size (an .npz, a run) are resized as one batch; a folder's one by one
+    groups = [np.stack([np.asarray(im, dtype=np.float32) for im in images])] if len(shapes) == 1 else \
+        [np.asarray(im, dtype=np.float32)[None] for im in images]
     out = []
-    for im in images:
-        t = torch.as_tensor(np.asarray(im, dtype=np.float32))
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        elif t.shape[0] != 3:
-            raise DatamodelsError(f"an image has {t.shape[0]} channels; embedding takes 1 (grey) or 3 (RGB).")
-        ih, iw = t.shape[1:]
+    for g in groups:
+        t = torch.as_tensor(g)
+        if t.shape[1] == 1:
+            t = t.expand(-1, 3, -1, -1)
+        elif t.shape[1] != 3:
+            raise DatamodelsError(f"an image has {t.shape[1]} channels; embedding takes 1 (grey) or 3 (RGB).")
+        ih, iw = t.shape[2:]
         scale = max(h / ih, w / iw)  # the shorter side to the tower's size, as open_clip's Resize(size) does
         nh, nw = max(h, round(ih * scale)), max(w, round(iw * scale))
         if (nh, nw) != (ih, iw):
-            t = F.interpolate(t[None], size=(nh, nw), mode=mode, align_corners=False, antialias=True)[0]
+            t = F.interpolate(t, size=(nh, nw), mode=mode, align_corners=False, antialias=True)
         top, left = (nh - h) // 2, (nw - w) // 2
-        out.append(t[:, top:top + h, left:left + w].clamp(0.0, 1.0))
-    x = torch.stack(out)
+        out.append(t[:, :, top:top + h, left:left + w].clamp(0.0, 1.0))
+    x = torch.cat(out)
     mean = torch.tensor(clip.mean, dtype=torch.float32).view(1, 3, 1, 1)
     std = torch.tensor(clip.std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean) / std
