@@ -205,6 +205,21 @@ def test_resume_refuses_other_weights(tiny, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "weights_sha256" in err[0]
 
+    # a finished table is not silently kept (nor replaced) when other weights of the same architecture come
+    _, other = write_tiny(tmp_path / "other", seed=5)
+    done = tmp_path / "done.npz"
+    assert cli("embed", tmp_path / "imgs.npz", done, "--model", config, "--checkpoint", ckpt, "--no-zeroshot",
+               "--quiet") == 0
+    before = done.read_bytes()
+    assert cli("embed", tmp_path / "imgs.npz", done, "--model", config, "--checkpoint", ckpt, "--no-zeroshot",
+               "--quiet") == 0  # the same weights: nothing to do
+    capsys.readouterr()
+    assert cli("embed", tmp_path / "imgs.npz", done, "--model", config, "--checkpoint", other, "--no-zeroshot",
+               "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "records tables made with weights_sha256" in err[0]
+    assert done.read_bytes() == before
+
 
 def test_bad_model_checkpoint_and_weights_in_one_sentence(tiny, tmp_path, capsys):
     config, ckpt = tiny

@@ -108,6 +108,32 @@ def _check_resume(partial: Path, settings: dict) -> None:
                                   f"{settings.get(f)!r}: embed with the same settings to resume, or remove that folder.")
 
 
+MODEL_FIELDS = ("model", "weights_sha256", "image_size", "mean", "std")
+
+
+def _claim(paths: dict, settings: dict, tables: list) -> None:
+    """Refuse an OUT whose tables other weights made; otherwise record these settings before any table is written.
+
+    The record (NAME.embed.json) is written first, so a table that exists
+    always has one: a rerun after a kill between tables or splits resumes.
+    """
+    record = paths["record"]
+    if record.is_file():
+        old = json.loads(record.read_text())
+        for f in MODEL_FIELDS:
+            if old.get(f) != settings[f]:
+                raise DatamodelsError(f"{str(record.parent / record.name)!r} records tables made with {f} = "
+                                      f"{old.get(f)!r}, not {settings[f]!r}: remove them or write to another OUT; "
+                                      "nothing was changed.")
+        return
+    foreign = [t for t in tables if t.is_file()]
+    if foreign:
+        raise DatamodelsError(f"{str(foreign[0])!r} exists but no record of its weights does: remove it or write "
+                              "to another OUT; nothing was changed.")
+    write_json(record, {**{f: settings[f] for f in MODEL_FIELDS}, "weights": settings["weights"],
+                        "complete": False}, indent=1)
+
+
 def embed_source(clip, source, paths: dict, batch_size: int = 64, chunk_size: int = 1024,
                  progress: bool = True, desc: str = "") -> dict:
     """Embed one source into its table (resuming from chunks already written); returns its summary."""
@@ -115,12 +141,7 @@ def embed_source(clip, source, paths: dict, batch_size: int = 64, chunk_size: in
 
     table, partial = paths["table"], paths["partial"]
     settings = _settings(clip, source, chunk_size)
-    if table.is_file() and not partial.exists():
-        old = json.loads(paths["record"].read_text()) if paths["record"].is_file() else {}
-        for f in ("model", "weights_sha256", "image_size", "mean", "std"):
-            if old.get(f) != settings[f]:
-                raise DatamodelsError(f"{str(table)!r} exists, made with {f} = {old.get(f)!r}, not {settings[f]!r}: "
-                                      "remove it or write to another OUT; nothing was changed.")
+    if table.is_file() and not partial.exists():  # made by these weights: embed() checked the record
         return {"table": str(table), "n": source.n, "computed": 0, "resumed": 0, "already": True}
     partial.mkdir(parents=True, exist_ok=True)
     _check_resume(partial, settings)
@@ -203,6 +224,8 @@ def embed(src, out, model: str, checkpoint: str | None = None, pretrained: str |
     clip = load_model(model, checkpoint=checkpoint, pretrained=pretrained, device=device,
                       random=random_weights, cache_dir=cache_dir)
     (out if is_run else out.parent).mkdir(parents=True, exist_ok=True)
+    _claim(_paths(out, next(iter(sources)), is_run), _settings(clip, first, chunk_size),
+           [_paths(out, name, is_run)["table"] for name in sources])
     summary = {"model": clip.name, "weights": clip.weights, "device": device, "splits": {}}
     for name, source in sources.items():
         paths = _paths(out, name, is_run)
@@ -217,7 +240,7 @@ def embed(src, out, model: str, checkpoint: str | None = None, pretrained: str |
               "splits": {k: {"n": v["n"], "table": Path(v["table"]).name} for k, v in summary["splits"].items()},
               "d": next(iter(summary["splits"].values())).get("d"),
               "zeroshot": summary.get("zeroshot", {}).get("path") and Path(paths["zeroshot"]).name,
-              "classes": list(map(str, names)) if names is not None else None}
+              "classes": list(map(str, names)) if names is not None else None, "complete": True}
     record.pop("n")
     write_json(paths["record"], record, indent=1)
     return summary
