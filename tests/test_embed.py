@@ -166,6 +166,7 @@ def test_a_killed_embed_resumes_to_the_same_table(tiny, tmp_path):
     np.testing.assert_allclose(got.astype(np.float32), direct_features(clip, x), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_a_run_folder_embeds_every_split_with_its_normalisation_undone(tiny, tmp_path, capsys):
     from datamodels.spec import toml_text
 
