@@ -455,8 +455,15 @@ def cmd_wiseft(a) -> int:
 
 
 # ---------------------------------------------------------------------- parser
+class _Parser(argparse.ArgumentParser):
+    """argparse's own errors as the rest: one `error:` line and exit 2 (not the usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see `{self.prog} --help`).\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="datamodels", description="Datamodels: train subset models, fit, query.")
+    p = _Parser(prog="datamodels", description="Datamodels: train subset models, fit, query.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("init", help="create a run directory (dataset files + empty store) from a spec")
