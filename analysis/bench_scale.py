@@ -95,10 +95,27 @@ def point(n: int, m: int, k: int, solver: str = "gram", **settings) -> dict:
 
 
 THREADS = 1  # BLAS threads per point: on a machine shared with other jobs, more threads than idle cores is slower
+# every measured point is appended here and reused by later runs (same n, m, k, solver, settings) unless --fresh:
+# a sweep interrupted on a shared machine resumes instead of starting again
+CACHE = ROOT / "analysis" / "results" / "bench_scale_points.jsonl"
+FRESH = False
+
+
+def _cached(n: int, m: int, k: int, solver: str, settings: dict) -> dict | None:
+    if FRESH or not CACHE.exists():
+        return None
+    for line in CACHE.read_text().splitlines():
+        r = json.loads(line)
+        if (r["n"], r["m"], r["k"], r["solver"], r.get("settings", {})) == (n, m, k, solver, settings):
+            return r
+    return None
 
 
 def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 3000, **settings) -> dict:
     """:func:`point` in a fresh process (its own peak memory), with THREADS BLAS threads."""
+    hit = _cached(n, m, k, solver, settings)
+    if hit is not None:
+        return hit
     env = {**os.environ, "PYTHONPATH": str(ROOT), **{v: str(THREADS) for v in
                                                     ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
     out = subprocess.run([sys.executable, __file__, "--point", str(n), str(m), str(k), "--solver", solver,
@@ -106,9 +123,65 @@ def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 300
                          capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-2000:])
-    r = json.loads(out.stdout.strip().splitlines()[-1])
+    r = {**json.loads(out.stdout.strip().splitlines()[-1]), "settings": settings}
     print(json.dumps(r), file=sys.stderr, flush=True)
+    if not FRESH:
+        CACHE.parent.mkdir(parents=True, exist_ok=True)
+        with open(CACHE, "a") as f:
+            f.write(json.dumps(r) + "\n")
     return r
+
+
+def store_rates(m: int, n: int = 200, k: int = 20, block: int = 1000) -> dict:
+    """The store at m rows: create, write (blocks of `block` rows), status, consolidate, read all rows.
+
+    One chunk per row per array (the workers' contract: no two writers share a chunk), imported masks.
+    """
+    import shutil
+    import tempfile
+
+    from datamodels.spec import Spec
+    from datamodels.store import Store, TargetSet
+    from datamodels.regress.fit_store import READ_BLOCK
+
+    root = Path(tempfile.mkdtemp(prefix="bench_store_"))
+    try:
+        spec = Spec().replace(experiment={"n_models": m})
+        t = time.perf_counter()
+        st = Store.create(root / "store.zarr", spec, n, [TargetSet("test", 0, k)], masks_source="imported")
+        out = {"m": m, "n": n, "k": k, "create_s": round(time.perf_counter() - t, 3)}
+        rng = np.random.default_rng(0)
+        t = time.perf_counter()
+        for s0 in range(0, m, block):
+            b = min(block, m - s0)
+            st.write_rows(s0, rng.random((b, n)) < 0.5, rng.standard_normal((b, k), dtype=np.float32))
+        dt = time.perf_counter() - t
+        out.update(write_s=round(dt, 1), write_rows_per_s=round(m / dt))
+        st = Store.open(root / "store.zarr")
+        t = time.perf_counter()
+        status = st.status()
+        out.update(status_s=round(time.perf_counter() - t, 3), status_done=status["done"])
+        sub = np.arange(min(m, 5000))
+        t = time.perf_counter()
+        np.asarray(st.group["done"][: len(sub)])
+        out["status_chunkwise_s_est"] = round((time.perf_counter() - t) * m / len(sub), 1)
+
+        def read_all():
+            t = time.perf_counter()
+            idx = np.arange(m)
+            for s0 in range(0, m, READ_BLOCK):
+                st.read(idx[s0:s0 + READ_BLOCK])
+            return round(time.perf_counter() - t, 1)
+
+        out["read_all_rows_s"] = read_all()
+        t = time.perf_counter()
+        c = st.consolidate(progress=False)
+        out.update(consolidate_s=round(time.perf_counter() - t, 1), consolidated_mb=round(c["bytes"] / 2**20, 1))
+        out["read_all_consolidated_s"] = read_all()
+        out["files"] = sum(1 for _ in (root / "store.zarr").rglob("*"))
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 FEATURES = ("m n^2", "k n^2", "n^2", "1")
@@ -169,14 +242,22 @@ def predict(coef: np.ndarray, p: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--point", nargs=3, type=int)
+    ap.add_argument("--store", type=int, default=0, help="only the store's rates at this many rows (one JSON line)")
     ap.add_argument("--solver", default="gram")
     ap.add_argument("--settings", default="{}", help="other Datamodels settings of --point, as JSON")
     ap.add_argument("--quick", action="store_true", help="small sweeps (a minute), for checking the script")
     ap.add_argument("--largest", type=int, default=0, help="also fit one point at this n (m = 3 n, k = 50)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads per point")
+    ap.add_argument("--fresh", action="store_true", help=f"measure every point again (ignore and leave {CACHE.name})")
     args = ap.parse_args()
-    global THREADS
-    THREADS = args.threads
+    global THREADS, FRESH
+    THREADS, FRESH = args.threads, args.fresh or args.quick
+    if args.store:
+        sys.path.insert(0, str(ROOT / "analysis"))
+        from results_io import emit
+
+        emit({"bench": "scale_store", "machine_shared": True, **store_rates(args.store)}, f"bench_scale_store_{args.store}")
+        return
     if args.point:
         print(json.dumps(point(*args.point, solver=args.solver, **json.loads(args.settings))))
         return
@@ -207,7 +288,7 @@ def main() -> None:
     # the streaming solver (no n x n matrix): n grows with m, k fixed, side by side with the Gram fit
     # (the first three vary n, then m, then k; the last, the largest n, is held out of the cost model)
     st_grid = [(200, 1500, 20), (400, 1500, 20), (400, 3000, 20), (400, 1500, 40), (800, 1500, 20)] if args.quick \
-        else [(2000, 16000, 20), (4000, 16000, 20), (4000, 32000, 20), (4000, 16000, 60), (8000, 16000, 20)]
+        else [(1000, 8000, 20), (2000, 8000, 20), (2000, 16000, 20), (2000, 8000, 60), (4000, 8000, 20)]
     st_pts = [run_point(*q, solver="streaming") for q in st_grid]
     st_coef = fit_cost(st_pts, features_of=st_features)
     st_held = st_pts[-1]
