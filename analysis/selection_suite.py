@@ -158,7 +158,7 @@ def plot(results: dict, path_acc: Path, path_mult: Path, budgets) -> None:
         ax.set_ylabel("target accuracy (evaluation half)")
     for ax in list(axes.flat)[len(shifts):]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
+    max(axes.flat, key=lambda ax: len(ax.get_lines())).legend(fontsize=6)  # the panel with every method
     fig.tight_layout()
     fig.savefig(path_acc, dpi=110)
     plt.close(fig)
