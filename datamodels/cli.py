@@ -30,24 +30,33 @@ def cmd_init(a) -> int:
 
 
 def cmd_run(a) -> int:
+    from .exec.base import EXECUTORS
     from .runs import open_run
 
+    EXECUTORS.check(a.executor)  # the name's syntax, before anything is opened
     run = open_run(a.run)
     run.check_inputs()  # a pool or target file changed since init: refuse before training on stale data
     from .train.block import check_trainable
 
     check_trainable(run.spec)  # the trainer, function or model the spec names imports here, or one sentence
-    if a.executor == "local":
-        from .exec.local import run_local
+    if a.executor == "slurm":
+        return _run_slurm(run, a)
+    from .exec.base import Executor
+    from .exec.local import LocalExecutor
 
-        st = run_local(run, workers=a.workers, progress=not a.quiet)
-        print(f"{st['done']} of {st['n_models']} models done ({st['written']} written now, {st['failed']} failed rows)")
-        if st.get("restarts"):
-            print(f"a worker process died; the pool was restarted {st['restarts']} times", file=sys.stderr)
-        for e in st["errors"]:
-            print(f"worker error: {e}", file=sys.stderr)
-        return 0 if st["missing"] == 0 else 1
-    return _run_slurm(run, a)
+    cls = EXECUTORS.load(a.executor)
+    executor = LocalExecutor(workers=a.workers) if cls is LocalExecutor else cls()
+    if not isinstance(executor, Executor):
+        raise DatamodelsError(f"--executor = {a.executor!r} has no train(run, progress) method "
+                              "(see datamodels.exec.base.Executor).")
+    st = executor.train(run, progress=not a.quiet)
+    written = f"{st['written']} written now, " if "written" in st else ""
+    print(f"{st['done']} of {st['n_models']} models done ({written}{st['failed']} failed rows)")
+    if st.get("restarts"):
+        print(f"a worker process died; the pool was restarted {st['restarts']} times", file=sys.stderr)
+    for e in st.get("errors", []):
+        print(f"worker error: {e}", file=sys.stderr)
+    return 0 if st["missing"] == 0 else 1
 
 
 def _add_slurm_arguments(p) -> None:
@@ -476,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("run", help="train every model not yet done")
     s.add_argument("run")
-    s.add_argument("--executor", choices=("local", "slurm"), default="local")
+    s.add_argument("--executor", default="local",
+                   help="local (a process pool), slurm (job arrays) or your own package.module:Class")
     s.add_argument("--workers", type=int, default=None, help="local worker processes (default: cores / threads)")
     s.add_argument("--quiet", action="store_true")
     _add_slurm_arguments(s)

@@ -15,6 +15,7 @@ import multiprocessing as mp
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -116,3 +117,14 @@ def run_local(run: Run, workers: int | None = None, progress: bool = True, max_r
     # counted from the done flags: a block cut short by a crash wrote rows but returned nothing
     status.update(written=status["done"] - (store.n_models - len(missing)), errors=errors, restarts=restarts)
     return status
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """``--executor local``: a process pool here (see :func:`run_local`); an :class:`.base.Executor`."""
+
+    workers: int | None = None
+    max_restarts: int = 3
+
+    def train(self, run: Run, progress: bool = True) -> dict:
+        return run_local(run, self.workers, progress, self.max_restarts)

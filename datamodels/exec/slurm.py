@@ -338,6 +338,21 @@ def wait(run: Run, job_ids=None, poll: float = 5.0, progress: bool = True, timeo
     return st
 
 
+@dataclass(frozen=True)
+class SlurmExecutor:
+    """``--executor slurm``: submit what is missing as job arrays, then wait for them; an :class:`.base.Executor`.
+
+    The CLI drives :func:`submit` and :func:`wait` itself to print between them.
+    """
+
+    options: SlurmOptions = SlurmOptions()
+    poll: float = 5.0
+
+    def train(self, run: Run, progress: bool = True) -> dict:
+        submitted = submit(run, self.options)
+        return {**wait(run, poll=self.poll, progress=progress), "submitted": submitted}
+
+
 # ---------------------------------------------------------------------- the CLI's part
-__all__ = ["SlurmOptions", "job_states", "submit", "wait", "squeue_tasks", "plan_arrays", "cluster_max_array_size",
+__all__ = ["SlurmExecutor", "SlurmOptions", "job_states", "submit", "wait", "squeue_tasks", "plan_arrays", "cluster_max_array_size",
            "active_indices"]
