@@ -16,12 +16,12 @@ Any other case is one sentence (:class:`datamodels.errors.DatamodelsError`).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 from typing import NamedTuple
 
+from ..data.inputs import file_sha256
 from ..errors import DatamodelsError
 
 _TORCHVISION_SHIM = []  # keeps the torch.library fragment alive for the process
@@ -68,14 +68,6 @@ class ClipModel(NamedTuple):
     image_size: tuple[int, int]  # [H, W] the image tower takes
     interpolation: str  # "bicubic" or "bilinear"
     device: str
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_name(name: str) -> str:
