@@ -139,10 +139,10 @@ def test_credible_gain_and_compute_multiplier():
 
 # ---------------------------------------------------------------------- a tiny real run, end to end
 TINY_RECIPE = {
-    "experiment": {"seed": 0, "n_models": 150, "alpha": 0.5, "sampler": "fixed", "block_size": 150},
+    "experiment": {"seed": 0, "n_models": 100, "alpha": 0.5, "sampler": "fixed", "block_size": 100},
     "model": {"name": "linear"},
     "trainer": {"kind": "batched", "epochs": 4, "batch_size": 32, "lr": 0.05, "lr_schedule": "constant",
-                "models_per_batch": 150, "threads": 1},
+                "models_per_batch": 100, "threads": 1},
     "targets": {"sets": ["test", "target"]},
     "fit": {"holdout": 10, "n_lambdas": 10},
 }
@@ -150,7 +150,7 @@ TINY_RECIPE = {
 
 @pytest.fixture(scope="module")
 def sources_run(tmp_path_factory):
-    """150 linear models on halves of a 200-image `sources` pool; the group column removed (the oracle's
+    """100 linear models on halves of a 200-image `sources` pool; the group column removed (the oracle's
     missing column), the source column kept."""
     from threadpoolctl import threadpool_limits
 
@@ -165,7 +165,7 @@ def sources_run(tmp_path_factory):
             arrays = {k: z[k] for k in z.files if k != "group"}
         np.savez(tmp / "data" / f"{split}.npz", **arrays)
     run = init_run(spec, tmp / "run")
-    assert run_block(run, np.arange(150)) == 150
+    assert run_block(run, np.arange(100)) == 100
     with threadpool_limits(1):
         fit_store(run.store(mode="r"), run.spec.fit, run.fit_path, progress=False)
     return run
