@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatamodelsError
+from ..io import save_npz, write_text
 
 SHIFTS = ("translate", "spurious", "sources", "subpop", "thicken", "noise")
 N_TRAIN = 1300  # the digits pool, as data.dataset = "digits" has it
@@ -188,7 +189,6 @@ def write_shift(name: str, out_dir, seed: int = 0, split_seed: int = 0, n_pool: 
     """Write OUT/pool.npz, test.npz, target.npz of shift `name` and OUT/spec.toml (the suite's recipe,
     or `recipe`, with the [data] table pointing at the files; `changes`: {section: {field: value}}).
     Returns the spec's path. Writing the same shift again writes the same bytes."""
-    from ..io import save_npz
     from ..spec import toml_text
 
     out = Path(out_dir)
@@ -205,5 +205,5 @@ def write_shift(name: str, out_dir, seed: int = 0, split_seed: int = 0, n_pool: 
     spec = out / "spec.toml"
     text = toml_text(raw)
     if not spec.is_file() or spec.read_text() != text:
-        spec.write_text(text)
+        write_text(spec, text)
     return spec

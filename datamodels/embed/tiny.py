@@ -11,10 +11,11 @@ tables of such images.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
+
+from ..io import atomic_file, write_json
 
 TINY_CONFIG = {"embed_dim": 16,
                "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
@@ -33,11 +34,12 @@ def write_tiny(folder: str | Path, name: str = "tiny-clip", config: dict | None 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     cfg = folder / f"{name}.json"
-    cfg.write_text(json.dumps(config or TINY_CONFIG))
+    write_json(cfg, config or TINY_CONFIG)
     open_clip.add_model_config(cfg)
     torch.manual_seed(seed)
     ckpt = folder / f"{name}.pt"
-    torch.save(open_clip.create_model(name, pretrained=None).state_dict(), ckpt)
+    with atomic_file(ckpt) as f:
+        torch.save(open_clip.create_model(name, pretrained=None).state_dict(), f)
     return cfg, ckpt
 
 
