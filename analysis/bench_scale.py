@@ -22,8 +22,10 @@ its relative error on those is reported; then predicted for CIFAR-10 (n 50k,
 m 300k, k 10k) and ImageNet (n 1.2M). Memory predictions are the stated
 bound. Times are on whatever cores this machine gives (shared machines vary).
 
-Usage: python analysis/bench_scale.py [--quick] [--max-rss-gb 8] [--largest N]
-       python analysis/bench_scale.py --point N M K     (one point, one JSON line)
+Usage: python analysis/bench_scale.py [--quick] [--largest N] [--fresh]
+       python analysis/bench_scale.py --point N M K [--solver streaming] [--settings JSON]   (one point)
+       python analysis/bench_scale.py --store M      (the store's create/write/status/consolidate/read rates)
+       python analysis/bench_scale.py --status M     (`status` at M done rows, listing vs chunk reads)
 """
 
 from __future__ import annotations
@@ -184,6 +186,38 @@ def store_rates(m: int, n: int = 200, k: int = 20, block: int = 1000) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def status_rates(m: int) -> dict:
+    """`status` at m done rows (done flags written, three failures): the listing against reading every chunk."""
+    import shutil
+    import tempfile
+
+    from datamodels.spec import Spec
+    from datamodels.store import Store, TargetSet
+
+    root = Path(tempfile.mkdtemp(prefix="bench_status_"))
+    try:
+        st = Store.create(root / "s.zarr", Spec().replace(experiment={"n_models": m}), 200, [TargetSet("test", 0, 20)],
+                          masks_source="imported")
+        t = time.perf_counter()
+        st.group["done"][:] = True
+        out = {"m": m, "write_done_flags_s": round(time.perf_counter() - t, 1)}
+        for i in (5, 77, m - 1000):
+            st.record_failure(i, "boom")
+        st = Store.open(root / "s.zarr")
+        t = time.perf_counter()
+        out["status"] = st.status()
+        out["status_s"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        out["failed_chunkwise"] = int((np.asarray(st.group["failure"][:]) != "").sum())
+        out["failures_chunkwise_s"] = round(time.perf_counter() - t, 2)  # what status read before
+        t = time.perf_counter()
+        st.done_mask_reference()
+        out["done_chunkwise_s"] = round(time.perf_counter() - t, 2)
+        return out
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 FEATURES = ("m n^2", "k n^2", "n^2", "1")
 ST_FEATURES = ("m n k", "m n", "1")
 
@@ -249,9 +283,17 @@ def main() -> None:
     ap.add_argument("--largest", type=int, default=0, help="also fit one point at this n (m = 3 n, k = 50)")
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads per point")
     ap.add_argument("--fresh", action="store_true", help=f"measure every point again (ignore and leave {CACHE.name})")
+    ap.add_argument("--status", type=int, default=0, help="only `status` at this many done rows (one JSON line)")
     args = ap.parse_args()
     global THREADS, FRESH
     THREADS, FRESH = args.threads, args.fresh or args.quick
+    if args.status:
+        sys.path.insert(0, str(ROOT / "analysis"))
+        from results_io import emit
+
+        emit({"bench": "scale_status", "machine_shared": True, **status_rates(args.status)},
+             f"bench_scale_status_{args.status}")
+        return
     if args.store:
         sys.path.insert(0, str(ROOT / "analysis"))
         from results_io import emit
