@@ -29,6 +29,8 @@ there against 2-3 s for 5,500 models, because the standardised Gram of 45
 training rows has rank 45, plan_blocks halves every block to 2-4 coordinates
 (315 blocks, each a pass over R [n, k]) and the path near interpolation hits
 max_iter = 200 epochs at nearly every lambda (relative gap 1e-3 to 1e-2 left).
+`--small --repeats 1` then (1 BLAS thread, load 7-14 on 2 cores): ours 400 s,
+scikit-learn's lasso_path 13.5 s for all targets (0.03x), same lambda on 9 of 10.
 """
 
 from __future__ import annotations
