@@ -84,9 +84,9 @@ def to_xp(xp, a, dtype):
 
 
 def to_np(a):
-    from datamodels.regress.moments import _np
+    from datamodels.regress.moments import to_numpy
 
-    return np.asarray(_np(a), dtype=np.float64)
+    return np.asarray(to_numpy(a), dtype=np.float64)
 
 
 def check_against_sklearn(xp, p, L, dtype, val_rtol=1e-3):

@@ -457,8 +457,8 @@ def _default_device(xp):
 
 
 def _to_np(a) -> np.ndarray:
-    from .moments import _np
-    return np.asarray(_np(a), dtype=np.float64)
+    from .moments import to_numpy
+    return np.asarray(to_numpy(a), dtype=np.float64)
 
 
 def _empty(n: int, k: int, L: int) -> dict[str, np.ndarray]:

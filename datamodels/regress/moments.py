@@ -59,12 +59,13 @@ CENTRE = 1 << 22  # float64 elements of a row block being centred (32 MiB, and o
 MASK_BLOCK_BYTES = 64 << 20  # float mask rows held at once in the pass over the masks
 
 
-def _device(x):
+def array_device(x):
+    """The device an array of any array-API namespace lives on (NumPy's "cpu", a CuPy device, ...)."""
     from array_api_compat import device
     return device(x)
 
 
-def _np(a) -> np.ndarray:
+def to_numpy(a) -> np.ndarray:
     """To NumPy from any array-API namespace (CuPy via .get(), torch via .cpu())."""
     if isinstance(a, np.ndarray):
         return a
@@ -178,15 +179,15 @@ def _accumulate_block(acc: Moments, masks, margins, xp) -> None:
         X = xp.asarray(masks)
     X = xp.astype(X, dtype) if X.dtype != dtype else X
     Y = xp.astype(xp.asarray(margins), xp.float64)
-    if _device(Y) != _device(acc.sxx):
-        Y = xp.asarray(Y, device=_device(acc.sxx))
-    Y = Y - xp.asarray(acc.y0, dtype=xp.float64, device=_device(Y))[None, :]
+    if array_device(Y) != array_device(acc.sxx):
+        Y = xp.asarray(Y, device=array_device(acc.sxx))
+    Y = Y - xp.asarray(acc.y0, dtype=xp.float64, device=array_device(Y))[None, :]
     Yd = xp.astype(Y, dtype)
     n = X.shape[1]
     acc.count += int(X.shape[0])
-    acc.sx += _np(xp.sum(X, axis=0, dtype=xp.float64))
-    acc.sy += _np(xp.sum(Y, axis=0))
-    acc.syy += _np(xp.sum(Y * Y, axis=0))
+    acc.sx += to_numpy(xp.sum(X, axis=0, dtype=xp.float64))
+    acc.sy += to_numpy(xp.sum(Y, axis=0))
+    acc.syy += to_numpy(xp.sum(Y * Y, axis=0))
     S, Sxy = acc.sxx, acc.sxy
     # upper triangle by column chunks: S[c0:c1, c0:] += X[:, c0:c1]^T X[:, c0:]; the
     # temporaries are c x n, never n x n, and the lower triangle is skipped (mirrored later)
@@ -210,7 +211,7 @@ def _mirror(xp, S) -> None:
     for i0 in range(0, n, rb):
         i1 = min(n, i0 + rb)
         B = S[i0:i1, i0:i1]
-        idx = xp.arange(i1 - i0, device=_device(S))
+        idx = xp.arange(i1 - i0, device=array_device(S))
         S[i0:i1, i0:i1] = xp.where(idx[:, None] > idx[None, :], B.T, B)
 
 
@@ -223,7 +224,7 @@ def _centre_in_place(xp, S, m: int, a, b, scale, zero=None) -> None:
     columns set to 0 (constant columns), or None.
     """
     n = S.shape[0]
-    dev = _device(S)
+    dev = array_device(S)
     A = xp.asarray(a, dtype=xp.float64, device=dev)
     Bv = xp.asarray(b, dtype=xp.float64, device=dev)
     sc = xp.asarray(scale, dtype=xp.float64, device=dev)
@@ -250,7 +251,7 @@ def _centre_xy_in_place(xp, Sxy, m: int, mu_rows, mu, sy, d, scale, zero=None) -
     centre. zero: bool[n] rows set to 0, or None.
     """
     n, k = Sxy.shape
-    dev = _device(Sxy)
+    dev = array_device(Sxy)
     f = xp.float64
     mr, mu_, sc = (xp.asarray(v, dtype=f, device=dev) for v in (mu_rows, mu, scale))
     sy_, d_ = xp.asarray(sy, dtype=f, device=dev), xp.asarray(d, dtype=f, device=dev)
@@ -306,7 +307,7 @@ class Problem:
         if not self.C.shape[0]:
             return np.zeros(self.C.shape[1])
         xp = _ns(self.C)
-        return np.asarray(_np(xp.max(xp.abs(self.C), axis=0)), dtype=np.float64)
+        return np.asarray(to_numpy(xp.max(xp.abs(self.C), axis=0)), dtype=np.float64)
 
     def to_raw(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Standardised weights float[n, k] -> (coef float64[n, k], intercept float64[k]) in mask units."""
@@ -325,7 +326,7 @@ def _cols(A, sel):
     if isinstance(sel, slice):
         return A[:, sel]
     xp = _ns(A)
-    return xp.take(A, xp.asarray(np.asarray(sel), device=_device(A)), axis=1)
+    return xp.take(A, xp.asarray(np.asarray(sel), device=array_device(A)), axis=1)
 
 
 @dataclass
@@ -368,7 +369,7 @@ class RefitGram:
     def __init__(self, G, Gv, a: float, c: float, p, u, e_tr, e_all):
         self.Gt, self.Gv, self.a, self.c = G, Gv, float(a), float(c)
         xp = _ns(G)
-        dev = _device(G)
+        dev = array_device(G)
         self.xp = xp
         self.shape = G.shape
         self.dtype = G.dtype
@@ -401,10 +402,10 @@ class RefitGram:
             raise NotImplementedError("RefitGram supports column blocks and diagonal blocks")
         xp = self.xp
         B = self.a * xp.astype(self.Gt[r0:r1, r0:r1], xp.float64) + self.c * xp.astype(self.Gv[r0:r1, r0:r1], xp.float64)
-        Bh = np.asarray(_np(B), dtype=np.float64)
+        Bh = np.asarray(to_numpy(B), dtype=np.float64)
         p, u = self._p64[r0:r1], self._u64[r0:r1]
         Bh = p[:, None] * Bh * p[None, :] - np.outer(u, u) + np.diag(self._diag64[r0:r1])
-        return xp.astype(xp.asarray(Bh, device=_device(self.Gt)), self.dtype)
+        return xp.astype(xp.asarray(Bh, device=array_device(self.Gt)), self.dtype)
 
 
 class _RefitCols:
@@ -443,7 +444,7 @@ class RefitProblem:
         """The refit problem for some targets, with its C: [n, len(sel)] formed for them."""
         P, V = self.train.targets(sel), self.val.targets(sel)
         xp = _ns(P.C)
-        dev = _device(P.C)
+        dev = array_device(P.C)
         f = xp.float64
         a, c = P.count / self.count, V.count / self.count
         st = xp.asarray(P.scale, dtype=f, device=dev)

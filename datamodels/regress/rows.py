@@ -24,8 +24,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .moments import _device, _np
-from .solver import _sum64, plan_blocks, residual_gap, soft_threshold
+from .moments import array_device, to_numpy
+from .solver import sum64, plan_blocks, residual_gap, soft_threshold
 
 
 class RowsFit(NamedTuple):
@@ -57,7 +57,7 @@ class _Rows:
             s2 = xp.astype((X * X).T @ K, xp.float64) / safe
             var = s2 - s1 * s1
             mu, sigma = s1, xp.sqrt(xp.where(var > 1e-12, var, xp.zeros_like(var)))
-            ybar = _sum64(xp, xp.astype(K * Y, xp.float64)) / safe
+            ybar = sum64(xp, xp.astype(K * Y, xp.float64)) / safe
         self.mu, self.sigma, self.ybar = mu, sigma, ybar
         self.const = sigma == 0
         self.scale = xp.astype(xp.where(self.const, xp.ones_like(sigma), sigma), f)
@@ -101,20 +101,20 @@ class _Rows:
         n = W.shape[0]
         R = self.grad_rows(r, 0, n)
         inv = 1.0 / xp.where(self.cnt > 0, self.cnt, xp.ones_like(self.cnt))
-        r2 = _sum64(xp, r * r) * inv
-        yr = _sum64(xp, self.Yc * r) * inv
-        l1 = _sum64(xp, xp.abs(W))
+        r2 = sum64(xp, r * r) * inv
+        yr = sum64(xp, self.Yc * r) * inv
+        l1 = sum64(xp, xp.abs(W))
         return residual_gap(xp, r2, yr, l1, xp.astype(xp.max(xp.abs(R), axis=0), xp.float64), lam)
 
     def to_raw(self, W):
         """Standardised W [n, k] -> (coef float64[n, k], intercept float64[k]) NumPy."""
-        scale = _np(self.xp.astype(self.scale, self.xp.float64))
-        coef = np.where(_np(self.const), 0.0, np.asarray(_np(W), dtype=np.float64) / scale)
-        return coef, _np(self.ybar) - np.sum(_np(self.mu) * coef, axis=0)
+        scale = to_numpy(self.xp.astype(self.scale, self.xp.float64))
+        coef = np.where(to_numpy(self.const), 0.0, np.asarray(to_numpy(W), dtype=np.float64) / scale)
+        return coef, to_numpy(self.ybar) - np.sum(to_numpy(self.mu) * coef, axis=0)
 
     def from_raw(self, coef):
         xp = self.xp
-        c = xp.asarray(np.asarray(coef), dtype=self.X.dtype, device=_device(self.X))
+        c = xp.asarray(np.asarray(coef), dtype=self.X.dtype, device=array_device(self.X))
         return xp.where(self.const, xp.zeros_like(c), c * self.scale)
 
 
@@ -122,7 +122,7 @@ def _solve(xp, P: _Rows, blocks, W, r, lam, tol, max_iter):
     """Block proximal epochs on every target until its gap <= tol * primal (in place on W; returns r)."""
     k = W.shape[1]
     lam_f = xp.astype(lam, W.dtype)
-    mult = xp.ones((k,), dtype=W.dtype, device=_device(W))
+    mult = xp.ones((k,), dtype=W.dtype, device=array_device(W))
     prev, _ = P.primal_gap(W, r, lam)
     rel_noise = 1e-5 if W.dtype == xp.float32 else 1e-11
     for _ in range(max_iter):
@@ -172,23 +172,23 @@ def lasso_path_rows(xp, X, Y, keep, n_tr: int, *, n_lambdas: int, lambda_ratio: 
         G_pooled = Xs.T @ Xs / float(n_tr)
         del Xs
     blocks = plan_blocks(G_pooled, block, xp)
-    lam_max = _np(xp.astype(xp.max(xp.abs(tr.grad_rows(tr.Yc, 0, n)), axis=0), xp.float64)) if n else np.zeros(k)
+    lam_max = to_numpy(xp.astype(xp.max(xp.abs(tr.grad_rows(tr.Yc, 0, n)), axis=0), xp.float64)) if n else np.zeros(k)
     lambdas = np.geomspace(1.0, lambda_ratio, n_lambdas)[:, None] * lam_max[None, :]
-    W = xp.zeros((n, k), dtype=X.dtype, device=_device(X))
+    W = xp.zeros((n, k), dtype=X.dtype, device=array_device(X))
     r = xp.asarray(tr.Yc, copy=True)  # written in place below; tr.Yc must stay the centred targets
     val_mse = np.full((n_lambdas, k), np.nan)
     best = np.zeros(k, dtype=np.int64)
     best_mse = np.full(k, np.inf)
     w_best = np.zeros((n, k))
     running = np.ones(k, dtype=bool)
-    vinv = 1.0 / np.maximum(_np(va.cnt), 1)
+    vinv = 1.0 / np.maximum(to_numpy(va.cnt), 1)
     for li in range(n_lambdas):
         if not running.any():
             break
-        lam = xp.asarray(lambdas[li], dtype=xp.float64, device=_device(X))
+        lam = xp.asarray(lambdas[li], dtype=xp.float64, device=array_device(X))
         sub = np.flatnonzero(running)
         if len(sub) < k:  # targets stopped by patience cost nothing more
-            idx = xp.asarray(sub, device=_device(X))
+            idx = xp.asarray(sub, device=array_device(X))
             Ws = xp.take(W, idx, axis=1)
             rs = _solve(xp, tr.take(idx), blocks, Ws, xp.take(r, idx, axis=1), xp.take(lam, idx, axis=0),
                         tol, max_iter)
@@ -197,20 +197,20 @@ def lasso_path_rows(xp, X, Y, keep, n_tr: int, *, n_lambdas: int, lambda_ratio: 
         else:
             r = _solve(xp, tr, blocks, W, r, lam, tol, max_iter)
         err = va.Yc - va.predict_std(W)
-        mse = _np(_sum64(xp, err * err)) * vinv
+        mse = to_numpy(sum64(xp, err * err)) * vinv
         val_mse[li, sub] = mse[sub]
         better = running & (mse < best_mse)
         best[better] = li
         best_mse[better] = mse[better]
         if better.any():
-            w_best[:, better] = _np(xp.astype(W, xp.float64))[:, better]
+            w_best[:, better] = to_numpy(xp.astype(W, xp.float64))[:, better]
         if patience is not None:
             running &= ~((li - best) >= patience)
     lam = lambdas[best, np.arange(k)]
     coef_tr, _ = tr.to_raw(w_best)
     al = _Rows(xp, X, Y, keep)
     Wa = al.from_raw(coef_tr)
-    _solve(xp, al, blocks, Wa, al.Yc - al.predict_std(Wa), xp.asarray(lam, dtype=xp.float64, device=_device(X)),
+    _solve(xp, al, blocks, Wa, al.Yc - al.predict_std(Wa), xp.asarray(lam, dtype=xp.float64, device=array_device(X)),
            tol, max_iter)
     coef, intercept = al.to_raw(Wa)
     return RowsFit(coef, intercept, lam, lambdas, val_mse, best)

@@ -61,7 +61,7 @@ import numpy as np
 from array_api_compat import array_namespace
 
 from ..kernels import is_cupy, prox_block, prox_block_numpy
-from .moments import CHUNK, _device, _np
+from .moments import CHUNK, array_device, to_numpy
 
 
 class PathResult(NamedTuple):
@@ -108,7 +108,7 @@ def plan_blocks(G, block: int, xp=None, max_cond: float = 3.0) -> list[tuple[int
 
     def add(b0: int, b1: int) -> None:
         # only the diagonal blocks cross to float64 NumPy: no n x n copy of G
-        ev = np.linalg.eigvalsh(np.asarray(_np(G[b0:b1, b0:b1]), dtype=np.float64))
+        ev = np.linalg.eigvalsh(np.asarray(to_numpy(G[b0:b1, b0:b1]), dtype=np.float64))
         lo, hi = max(float(ev[0]), 0.0), max(float(ev[-1]), 1e-12)
         if b1 - b0 > 1 and hi > max_cond * lo:
             mid = (b0 + b1) // 2
@@ -154,7 +154,7 @@ def _matmul_rows(xp, A, W):
     if rows > 0.6 * W.shape[0]:
         return A @ W
     idx = xp.nonzero(nz)[0]
-    out = xp.zeros((A.shape[0], W.shape[1]), dtype=W.dtype, device=_device(W))
+    out = xp.zeros((A.shape[0], W.shape[1]), dtype=W.dtype, device=array_device(W))
     # the columns of A are gathered a few at a time: never an n x rows copy of A
     step = max(1, CHUNK // max(A.shape[0], 1))
     for s in range(0, rows, step):
@@ -163,7 +163,8 @@ def _matmul_rows(xp, A, W):
     return out
 
 
-def _sum64(xp, a):
+def sum64(xp, a):
+    """Column sums accumulated in float64 (float32 inputs lose digits over m rows otherwise)."""
     return xp.sum(a, axis=0, dtype=xp.float64)
 
 
@@ -173,10 +174,10 @@ def duality_gap(xp, W, R, C, yy, lam):
     The dual point is the residual scaled into the dual feasible set, as in
     scikit-learn's coordinate descent, so our gaps and its gaps mean the same.
     """
-    cw = _sum64(xp, C * W)
-    wGw = _sum64(xp, W * (C - R))
+    cw = sum64(xp, C * W)
+    wGw = sum64(xp, W * (C - R))
     r2 = yy - 2 * cw + wGw  # ||r||^2 / m
-    l1 = _sum64(xp, xp.abs(W))
+    l1 = sum64(xp, xp.abs(W))
     dual_norm = xp.astype(xp.max(xp.abs(R), axis=0), xp.float64) if R.shape[0] else xp.zeros_like(yy)
     infeasible = dual_norm > lam
     const = xp.where(infeasible, lam / xp.where(infeasible, dual_norm, xp.ones_like(lam)), xp.ones_like(lam))
@@ -194,7 +195,7 @@ def residual_gap(xp, r2, yr, l1, dual_norm, lam):
 
 
 def _take(xp, A, idx, axis):
-    return xp.take(A, xp.asarray(idx, device=_device(A)), axis=axis)
+    return xp.take(A, xp.asarray(idx, device=array_device(A)), axis=axis)
 
 
 def _set_cols(A, idx, V) -> None:
@@ -220,21 +221,21 @@ def solve_at(xp, G, blocks, W, R, C, yy, lam, *, tol: float, max_iter: int):
     for it in range(1, max_iter + 1):
         epoch(xp, G, blocks, Wa, Ra, lam_w)
         p, g = duality_gap(xp, Wa, Ra, Ca, yya, la)
-        p, g = _np(p), _np(g)
+        p, g = to_numpy(p), to_numpy(g)
         epochs[act] = it
         primal[act], gap[act] = p, g
         done = g <= tol * p
 
         if done.all() or it == max_iter:
             if Wa is not W:
-                _set_cols(W, xp.asarray(act, device=_device(W)), Wa)
-                _set_cols(R, xp.asarray(act, device=_device(R)), Ra)
+                _set_cols(W, xp.asarray(act, device=array_device(W)), Wa)
+                _set_cols(R, xp.asarray(act, device=array_device(R)), Ra)
             break
         if done.any():
             keep = np.flatnonzero(~done)
             # while the working set is W itself, W already holds the finished columns
             if Wa is not W:
-                fin = xp.asarray(act[done], device=_device(W))
+                fin = xp.asarray(act[done], device=array_device(W))
                 sel = np.flatnonzero(done)
                 _set_cols(W, fin, _take(xp, Wa, sel, 1))
                 _set_cols(R, fin, _take(xp, Ra, sel, 1))
@@ -259,7 +260,7 @@ def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=
     xp = xp or array_namespace(G)
     n, k = C.shape
     L = lambdas.shape[0]
-    dev = _device(G)
+    dev = array_device(G)
     blocks = plan_blocks(G, block, xp)
     yy = xp.astype(yy, xp.float64)
     W = xp.zeros((n, k), dtype=G.dtype, device=dev)
@@ -300,10 +301,10 @@ def lasso_path(G, C, yy, lambdas, *, val=None, tol=1e-4, max_iter=200, patience=
         n_iter[li, ids], objective[li, ids], gaps[li, ids] = ep, p, g
         stop[ids] = li + 1
         if keep_path:
-            path[li][:, ids] = _np(W)
+            path[li][:, ids] = to_numpy(W)
         if val is not None:
             GvW = _matmul_rows(xp, Gv, W)
-            mse = _np(yyv - 2 * _sum64(xp, Cv * W) + _sum64(xp, W * GvW))
+            mse = to_numpy(yyv - 2 * sum64(xp, Cv * W) + sum64(xp, W * GvW))
             val_mse[li, ids] = mse
             better = mse < best_mse[ids]
         else:
@@ -332,7 +333,7 @@ def lasso_at(G, C, yy, lam, W0, *, tol=1e-4, max_iter=200, block=256, xp=None):
     Returns (W [n, k] xp, primal float64[k], gap float64[k], epochs int64[k]).
     """
     xp = xp or array_namespace(C)
-    dev = _device(C)  # G may be an operator (moments.RefitGram), C is always an array
+    dev = array_device(C)  # G may be an operator (moments.RefitGram), C is always an array
     W = xp.asarray(W0, dtype=G.dtype, copy=True)
     R = C - G @ W
     ep, p, g = solve_at(xp, G, plan_blocks(G, block, xp), W, R, C, xp.astype(yy, xp.float64),

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .moments import CHUNK, _device, _np
-from .solver import _sum64, plan_blocks, residual_gap, soft_threshold
+from .moments import CHUNK, array_device, to_numpy
+from .solver import sum64, plan_blocks, residual_gap, soft_threshold
 
 
 def streaming_fit_bytes(n: int, m: int, k: int, k_block: int, block: int = 256, itemsize: int = 4) -> dict[str, int]:
@@ -102,7 +102,7 @@ class _Data:
         self.xp, self.parts, self.dtype = xp, parts, dtype
         self.m = sum(p.m for p in parts)
         self.n = parts[0].n
-        dev = _device(Yc)
+        dev = array_device(Yc)
         self.dev = dev
         self.mu = xp.asarray(mu, dtype=dtype, device=dev)
         self.inv = xp.asarray(np.where(const, 0.0, 1.0 / scale), dtype=dtype, device=dev)  # 0 on constant columns
@@ -149,9 +149,9 @@ class _Data:
         xp = self.xp
         Yc = self.Yc if Yc is None else Yc
         R = self.full_grad(r, block)
-        r2 = _sum64(xp, r * r) / self.m
-        yr = _sum64(xp, Yc * r) / self.m
-        l1 = _sum64(xp, xp.abs(W))
+        r2 = sum64(xp, r * r) / self.m
+        yr = sum64(xp, Yc * r) / self.m
+        l1 = sum64(xp, xp.abs(W))
         return residual_gap(xp, r2, yr, l1, xp.astype(xp.max(xp.abs(R), axis=0), xp.float64), lam)
 
 
@@ -181,8 +181,8 @@ class _DiagGram:
         if self._last[0] != b:
             D = self.D
             b1 = min(D.n, b + self.block)
-            X = _np(D.cols(b, b1))
-            inv = _np(D.inv[b:b1]).astype(np.float64)
+            X = to_numpy(D.cols(b, b1))
+            inv = to_numpy(D.inv[b:b1]).astype(np.float64)
             # counts of 0/1 columns are exact in float32; centred (at the rows' own mean, the mu they
             # are standardised by) and scaled in float64 on the small block only
             mean = X.sum(axis=0, dtype=np.float64) / D.m
@@ -222,21 +222,21 @@ def _solve(xp, D: _Data, blocks, W, r, lam, *, tol: float, max_iter: int, block:
                 Wa[b0:b1, :] = Wn
                 ra = ra - D.apply(X, Dl, b0, b1)
         p, g_ = D.primal_gap(Wa, ra, la, block, Ya)
-        p, g_ = _np(p), _np(g_)
+        p, g_ = to_numpy(p), to_numpy(g_)
         epochs[act], primal[act], gap[act] = it, p, g_
         done = (g_ <= tol * p) | (it == max_iter)
         if done.any():
             # finished columns go back to W and r (r is written in place; W already holds them
             # while the working set is W itself)
-            sel = xp.asarray(np.flatnonzero(done), device=_device(W))
-            ix = xp.asarray(act[done], device=_device(W))
+            sel = xp.asarray(np.flatnonzero(done), device=array_device(W))
+            ix = xp.asarray(act[done], device=array_device(W))
             if Wa is not W:
                 W[:, ix] = xp.take(Wa, sel, axis=1)
             if ra is not r:
                 r[:, ix] = xp.take(ra, sel, axis=1)
             if done.all():
                 break
-            keep = xp.asarray(np.flatnonzero(~done), device=_device(W))
+            keep = xp.asarray(np.flatnonzero(~done), device=array_device(W))
             Wa, ra, Ya = xp.take(Wa, keep, axis=1), xp.take(ra, keep, axis=1), xp.take(Ya, keep, axis=1)
             la = xp.take(la, keep, axis=0)
             lam_w = xp.astype(la, W.dtype)
@@ -254,7 +254,7 @@ def lasso_path_streaming(xp, train: list[PackedMasks], val: list[PackedMasks], Y
     intercept, lam, lambdas float64[L, k], val_mse_path, val_mse, n_nonzero.
     """
     f = getattr(xp, dtype)
-    dev = _device(xp.zeros(1))
+    dev = array_device(xp.zeros(1))
     m_tr = sum(p.m for p in train)
     m_va = sum(p.m for p in val)
     n = train[0].n
@@ -274,7 +274,7 @@ def lasso_path_streaming(xp, train: list[PackedMasks], val: list[PackedMasks], Y
     tr = _Data(xp, train, mu, scale, const, arr(Y_tr - ybar.astype(np.float32)), f)
     va = _Data(xp, val, mu, scale, const, arr(Y_va - ybar.astype(np.float32)), f)
     blocks = plan_blocks(_DiagGram(tr, block), block)
-    lam_max = _np(xp.astype(xp.max(xp.abs(tr.full_grad(tr.Yc, block)), axis=0), xp.float64))
+    lam_max = to_numpy(xp.astype(xp.max(xp.abs(tr.full_grad(tr.Yc, block)), axis=0), xp.float64))
     lambdas = np.geomspace(1.0, lambda_ratio, n_lambdas)[:, None] * lam_max[None, :]
     W = xp.zeros((n, k), dtype=f, device=dev)
     r = xp.asarray(tr.Yc, copy=True)
@@ -299,14 +299,14 @@ def lasso_path_streaming(xp, train: list[PackedMasks], val: list[PackedMasks], Y
         else:
             r = rs
         err = xp.take(va.Yc, ix, axis=1) - va.predict(Ws, block)
-        mse = _np(_sum64(xp, err * err)) / max(m_va, 1)
+        mse = to_numpy(sum64(xp, err * err)) / max(m_va, 1)
         val_mse[li, sub] = mse
         better = mse < best_mse[sub]
         if better.any():
             bs = sub[better]
             best[bs] = li
             best_mse[bs] = mse[better]
-            w_best[:, bs] = _np(xp.astype(Ws, xp.float64))[:, better]
+            w_best[:, bs] = to_numpy(xp.astype(Ws, xp.float64))[:, better]
         if patience is not None:
             running &= ~((li - best) >= patience)
     lam = lambdas[best, np.arange(k)]
@@ -328,7 +328,7 @@ def lasso_path_streaming(xp, train: list[PackedMasks], val: list[PackedMasks], Y
     ra = al.Yc - al.predict(Wa, block)
     _solve(xp, al, blocks_a, Wa, ra, xp.asarray(lam, dtype=xp.float64, device=dev), tol=tol, max_iter=max_iter,
            block=block)
-    coef = np.where(const_a[:, None], 0.0, _np(xp.astype(Wa, xp.float64)) / scale_a[:, None])
+    coef = np.where(const_a[:, None], 0.0, to_numpy(xp.astype(Wa, xp.float64)) / scale_a[:, None])
     intercept = ybar_a - mu_a @ coef
     return {
         "coef": coef, "intercept": intercept, "lam": lam, "lambdas": lambdas, "val_mse_path": val_mse,
