@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
 from .errors import DatamodelsError
 from .io import save_npy, write_json
+
+MAX_WORKERS = 4096  # local worker processes: more is a typo, not a machine
 
 
 def _print_json(obj) -> None:
@@ -29,11 +32,20 @@ def cmd_init(a) -> int:
     return 0
 
 
+def check_workers(workers: int | None) -> None:
+    """--workers: None (one per core) or 1..MAX_WORKERS processes."""
+    if workers is not None and not 1 <= workers <= MAX_WORKERS:
+        raise DatamodelsError(f"--workers = {workers} must lie between 1 and {MAX_WORKERS}.")
+
+
 def cmd_run(a) -> int:
     from .exec.base import EXECUTORS
     from .runs import open_run
 
     EXECUTORS.check(a.executor)  # the name's syntax, before anything is opened
+    check_workers(a.workers)
+    if not math.isfinite(a.poll) or a.poll <= 0:
+        raise DatamodelsError(f"--poll = {a.poll!r} must be a positive number of seconds.")
     run = open_run(a.run)
     run.check_inputs()  # a pool or target file changed since init: refuse before training on stale data
     from .train.block import check_trainable
@@ -97,8 +109,6 @@ def _run_slurm(run, a) -> int:
     from .exec.slurm import submit, wait
 
     opts = _slurm_options(a)
-    if a.poll <= 0:
-        raise DatamodelsError(f"--poll = {a.poll!r} must be positive.")
     res = submit(run, opts, dry_run=a.dry_run)
     if a.dry_run:
         for s in res["scripts"]:
@@ -411,6 +421,7 @@ def cmd_demo(a) -> int:
     from .report import write_report
     from .runs import init_run
 
+    check_workers(a.workers)
     t0 = time.time()
     run = init_run(a.spec or job_file("digits.toml"), a.out, force=a.force)
     spec = run.spec

@@ -25,8 +25,7 @@ from datamodels.spec import SECTIONS
 from conftest import SMALL, write_spec
 
 # wrong type, empty, unicode, a number beyond the type: what a user mistypes or a script mis-substitutes.
-# Range checks of numeric options (-1, 10**40, nan, "٣" which int() reads as 3) are the commands'
-# own and not yet uniform: see the list in the module's closing comment.
+# Range checks are the commands' own: `run`'s are fuzzed below; "٣" (int() reads 3) is taken as a number.
 BAD_INT = ["abc", "", "1.5", "1e400", "0x10", "ü"]
 BAD_FLOAT = ["abc", "", "1,5", "ü"]
 BAD_CHOICE = ["nope", "", "ü"]
@@ -135,6 +134,12 @@ def _cases(run: Path, spec: Path, tmp: Path):
             if cmd == "demo":
                 argv = [cmd, "--out", str(run), "--spec", str(spec), f"{name}={v}"]
             yield f"{cmd} {name}={v!r}", argv
+    # the range checks of `run` (the option loop above covers types only)
+    for extra in ("--workers=-1", f"--workers={10 ** 40}", "--workers=0", "--poll=nan", "--poll=inf", "--poll=-1",
+                  "--executor=nope", "--executor=", "--executor=ü:x"):
+        yield f"run {extra}", ["run", str(run), extra]
+        if extra.startswith("--workers"):
+            yield f"demo {extra}", ["demo", "--out", str(run), "--spec", str(spec), extra]
     for section, field, ftype in _spec_fields():
         for v in _bad_spec_values(ftype):
             p = write_spec(tmp / f"{section}.{field}.toml", **{**SMALL, section: {**SMALL.get(section, {}), field: v}})
@@ -160,10 +165,9 @@ def test_cli_fuzz(tiny_run, tmp_path):
     assert not failures, f"{len(failures)} of {n} cases:\n" + "\n".join(failures[:80])
     assert _tree_hash(run.path) == before, "a refused command changed the run directory"
     assert n >= 300
-    assert took < 60, f"{n} cases took {took:.0f} s"
+    # under a minute on a quiet 2-core machine (55 s with the machine shared 7 ways); the bound
+    # leaves room for a slow CI host rather than failing the build on load
+    assert took < 120, f"{n} cases took {took:.0f} s"
 
 
-# Not yet covered (found by a wider version of this test, left for the commands' own checks):
-# numeric options accept out-of-range values without a sentence, e.g. run --workers -1 / 10**40,
-# --poll nan / inf, int options given Unicode digits ("٣" == 3 to int()); run and demo with
-# such values start work instead of refusing.
+# Not yet covered: int options given Unicode digits ("٣" == 3 to int()) are taken as numbers.
