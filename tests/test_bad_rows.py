@@ -12,7 +12,9 @@ from datamodels.store import size_estimate
 from conftest import SMALL, assert_one_sentence, cli, write_spec
 
 TINY = {**SMALL, "experiment": {**SMALL["experiment"], "n_models": 8, "block_size": 8},
-        "fit": {**SMALL["fit"], "holdout": 2}}
+        # a fit of 6 rows is the slow m << n case of the solver (issue 13, not fixed yet): two lambdas and
+        # few passes keep it short; the test needs the fit to go through, not a good fit
+        "fit": {**SMALL["fit"], "holdout": 2, "n_lambdas": 2, "max_iter": 5}}
 
 
 @pytest.fixture(scope="module")
