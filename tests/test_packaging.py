@@ -77,7 +77,8 @@ def test_demo_runs_from_another_directory(installed):
     py, env, tmp = installed
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
-    spec = write_spec(elsewhere / "small.toml", **SMALL)
+    # SMALL's 50-row fit is the solver's slow m << n case (issue 13): a short path keeps the demo quick
+    spec = write_spec(elsewhere / "small.toml", **{**SMALL, "fit": {**SMALL["fit"], "n_lambdas": 3, "max_iter": 20}})
     out = _run([tmp / "venv" / "bin" / "datamodels", "demo", "--spec", spec, "--out", "run", "--workers", 1, "--quiet"],
                elsewhere, env)
     assert (elsewhere / "run" / "report" / "summary.json").is_file(), out
