@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import DatamodelsError
 from ..io import atomic_path, save_npz
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _ArrayDataset:
