@@ -87,8 +87,6 @@ class Data:
         """The target sets a built-in dataset offers besides "train" (None: known only when it is built)."""
         from .data.base import DATASETS
 
-        if self.dataset in ("arrays", "folder"):
-            return tuple(self.targets)
         if DATASETS.is_builtin(self.dataset):
             return DATASETS.load(self.dataset)(self).target_sets()
         return None
