@@ -20,6 +20,7 @@ from .registry import is_import_path
 
 SAMPLERS = ("fixed", "bernoulli")
 INITS = ("per_model", "shared")
+PRECISIONS = ("auto", "fp32", "bf16")  # trainer.precision; see train/precision.py
 LR_SCHEDULES = ("constant", "triangle")
 NORMALIZATIONS = ("none", "standardize")
 
@@ -134,10 +135,12 @@ class Trainer:
     # on digits (MLP, 10 epochs): run-to-run Spearman of margins on the same
     # subset 0.46 per_model, 0.82 shared.
     init: str = "per_model"
-    # Matmul precision of the batched trainer's linear and MLP models: "fp32", or
-    # "bf16": bfloat16 matmul inputs (fp32 accumulation) with float32 master
-    # weights, momentum buffers, softmax and target margins. See batched.py.
-    precision: str = "fp32"
+    # Matmul precision of the batched trainer's linear and MLP models: "fp32",
+    # "bf16" (bfloat16 matmul inputs, fp32 accumulation, float32 master weights,
+    # momentum buffers, softmax and target margins; see batched.py), or "auto":
+    # bf16 where the device runs it natively (AVX512-BF16 / AMX CPUs, CUDA),
+    # fp32 elsewhere, where emulated bf16 is many times slower (train/precision.py).
+    precision: str = "fp32"  # the default of runs made before "auto"; the shipped jobs/ say "auto"
     # Your own training code (datamodels.train.python, datamodels.train.command):
     # kind "python": function = "package.module:function", called per block as
     # function(spec, data, indices, masks, outputs) -> {"margins": float32[B, k]},
@@ -151,8 +154,7 @@ class Trainer:
     timeout: float = 0.0
 
     def validate(self) -> None:
-        _check(self.precision in ("fp32", "bf16"), "trainer.precision", self.precision,
-               "must be one of ('fp32', 'bf16')")
+        _check(self.precision in PRECISIONS, "trainer.precision", self.precision, f"must be one of {PRECISIONS}")
         _check(self.init in INITS, "trainer.init", self.init, f"must be one of {INITS}")
         from .train.base import TRAINERS
         from .train.command import check_template

@@ -169,6 +169,20 @@ def test_bf16_is_refused_for_the_cnn(digits):
         train_block(spec, data, [0], sample_masks(0, [0], data.x.shape[0], 0.5))
 
 
+def test_auto_precision_trains_the_cnn_on_any_machine(digits, monkeypatch):
+    """"auto" is fp32 for autograd-trained models even where bf16 is native: never the refusal above."""
+    from datamodels.errors import SpecError
+    from datamodels.train import precision
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    spec, data = digits
+    spec = spec.replace(model={"name": "cnn", "width": 4}, trainer={"epochs": 1, "precision": "auto"})
+    out = train_block(spec, data, [0, 1], sample_masks(0, [0, 1], data.x.shape[0], 0.5))
+    assert np.isfinite(out["margins"]).all() and out["margins"].shape[0] == 2
+    with pytest.raises(SpecError, match=r"trainer.precision.*'fp16'.*auto"):
+        spec.replace(trainer={"precision": "fp16"})
+
+
 def test_shared_init_removes_init_noise(digits):
     spec, data = digits
     n = data.x.shape[0]

@@ -28,10 +28,10 @@ from ..errors import DatamodelsError
 from ..seeds import INIT_STREAM, model_rng
 from .base import report_progress
 from .margins import outputs_from_logits
+from .precision import COMPUTE_DTYPES, resolve_precision
 from .recipe import EVAL_ROWS, autograd_step, epoch_order, init_params, init_sources, lr_at, masked_step
 from .sgd import fused_sgd_step, master_step, sgd_step
 
-COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 FUSED_ALIGN = 64  # elements: a multiple of any AVX-512 fp32 loop's unrolled width
 
 
@@ -73,7 +73,7 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, mod
     params = init_params(model, init_sources(spec, rngs), device)
     by_hand = hasattr(model, "grads")
     if not by_hand:
-        if tr.precision != "fp32":
+        if resolve_precision(tr.precision, device, by_hand=False) != "fp32":
             raise DatamodelsError(f"trainer.precision = {tr.precision!r} is available for the linear and mlp "
                                   f"models only, not model.name = {spec.model.name!r}.")
         params = [p.requires_grad_() for p in params]
@@ -150,7 +150,7 @@ def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total
     B, bs = len(rngs), tr.batch_size
     S = int(n_batches.max())
     ragged = bool((sizes != sizes[0]).any())
-    cdt = COMPUTE_DTYPES[tr.precision]
+    cdt = COMPUTE_DTYPES[resolve_precision(tr.precision, data.x.device)]
     dev = data.x.device
     x_pool = data.x.reshape(data.x.shape[0], -1)
     # inputs with a ones column: the first layer's bias is a row of its matmul

@@ -19,6 +19,7 @@ from .base import report_progress
 from .recipe import epoch_order, init_sources, lr_at
 from .margins import outputs_from_logits
 from .modules import build_module
+from .precision import resolve_precision
 
 
 def train_reference(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) -> dict[str, np.ndarray]:
@@ -40,6 +41,8 @@ def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) ->
     net = net.to(data.x.device)
     opt = torch.optim.SGD(net.parameters(), lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay,
                           nesterov=tr.nesterov)
+    # the batched trainer's choice: "auto" is bf16 only for its hand-written linear / MLP on a native-bf16 device
+    bf16 = resolve_precision(tr.precision, data.x.device, by_hand=spec.model.name in ("linear", "mlp")) == "bf16"
     subset = np.flatnonzero(mask)
     bs = tr.batch_size
     n_batches = -(-len(subset) // bs)
@@ -51,7 +54,7 @@ def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) ->
             ib = order[s * bs:(s + 1) * bs]
             # bf16: the batched trainer's casts (bf16 matmul inputs and outputs, float32
             # master weights, softmax / loss and optimizer); fp32: no autocast at all
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=tr.precision == "bf16"):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = net(data.x[ib])
             loss = F.cross_entropy(logits.float(), data.y[ib], label_smoothing=tr.label_smoothing)
             for group in opt.param_groups:

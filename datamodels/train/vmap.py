@@ -31,13 +31,14 @@ from .base import report_progress
 from .recipe import EVAL_ROWS, autograd_step, epoch_order, init_sources
 from .margins import outputs_from_logits
 from .modules import build_module, refuse_cross_sample_state
+from .precision import resolve_precision
 
 
 def train_chunk_vmap(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) -> dict[str, np.ndarray]:
     """Train the modules of models ``indices`` (masks: bool[B, n]) at once; outputs on all targets."""
     tr = spec.trainer
     name = spec.model.name
-    if tr.precision != "fp32":
+    if resolve_precision(tr.precision, by_hand=False) != "fp32":
         raise DatamodelsError(f"trainer.precision = {tr.precision!r} is available for the linear and mlp "
                               f"models only, not model.name = {name!r}.")
     device = data.x.device
