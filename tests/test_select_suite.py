@@ -20,7 +20,9 @@ from datamodels.select.baselines import (classifier_subset, dedup_subset, near_d
                                          oracle_subset)
 from datamodels.select.groups import group_objective, source_mix, worst_group
 from datamodels.select.methods import SELECTORS, parse_methods
-from datamodels.select.protocol import credible
+from datamodels.select.bootstrap import FitRows, bootstrap_weights, lower_bound_scores, refit_at_lambda
+from datamodels.select.protocol import sequential_check
+from datamodels.seeds import model_rng
 
 from conftest import assert_one_sentence, cli
 
@@ -126,9 +128,85 @@ def test_baselines_classifier_dedup_and_oracle():
         SELECTORS.load("oracle")(ctx, 5)
 
 
-def test_credible_gain_and_compute_multiplier():
-    assert credible([0.05, 0.06, 0.07])[0] and not credible([0.2, -0.1, 0.0])[0]
-    assert not credible([0.005, 0.006, 0.007])[0]  # below the minimum gain
+def _gains(values, calls=None):
+    """gains_for over a fixed list: records which stretches of retrains the check asked for."""
+    def gains_for(r0, r1):
+        if calls is not None:
+            calls.append((r0, r1))
+        return values[r0:r1]
+    return gains_for
+
+
+def test_sequential_check_keeps_clear_gains_drops_clear_losses_and_looks_again_when_unsure():
+    calls = []
+    g = sequential_check(_gains([0.20, 0.21, 0.19] + [0.2] * 9, calls))  # clearly better: kept at the first look
+    assert g["decision"] == "keep" and g["credible"] and g["retrains"] == 3 and calls == [(0, 3)]
+    g = sequential_check(_gains([-0.05, -0.06, -0.04] + [0.0] * 9))  # clearly worse: dropped at the first look
+    assert g["decision"] == "fallback" and not g["credible"] and g["retrains"] == 3 and "upper bound" in g["reason"]
+    # a real gain of 10 points with noise: 3 retrains cannot tell (the old fixed check discarded such gains),
+    # 6 can; only the 3 new retrains are asked for
+    calls = []
+    real = [0.02, 0.19, 0.08, 0.14, 0.05, 0.12, 0.10, 0.09, 0.13, 0.07, 0.11, 0.10]
+    g = sequential_check(_gains(real, calls))
+    assert g["decision"] == "keep" and g["retrains"] == 6 and calls == [(0, 3), (3, 6)] and g["looks"] == [3, 6, 12]
+    # no gain: the interval keeps straddling the threshold; the budget is spent and it falls back, saying why
+    calls = []
+    g = sequential_check(_gains([0.03, -0.03, 0.01, -0.02, 0.0, 0.02, -0.01, 0.03, -0.03, 0.01, 0.0, -0.01], calls))
+    assert g["decision"] == "fallback" and g["retrains"] == 12 and calls == [(0, 3), (3, 6), (6, 12)]
+    assert "straddles" in g["reason"] and "budget of 12" in g["reason"]
+    assert sequential_check(_gains([0.5] * 8), start=2, most=8)["looks"] == [2, 4, 8]
+    with pytest.raises(DatamodelsError, match="first look of 2 or more"):
+        sequential_check(_gains([0.1] * 4), start=1)
+
+
+def test_sequential_check_keeps_a_gain_at_the_threshold_rarely_however_many_looks():
+    # looking three times at 2 standard errors keeps a gain of exactly the threshold in 14% of trials; the
+    # Bonferroni t intervals hold it to alpha = 5%; a real 10-point gain is still kept almost always
+    rng = np.random.default_rng(0)
+    at_threshold = np.mean([sequential_check(_gains(rng.normal(0.01, 0.05, 12)))["credible"] for _ in range(1500)])
+    real = np.mean([sequential_check(_gains(rng.normal(0.10, 0.05, 12)))["credible"] for _ in range(300)])
+    assert at_threshold <= 0.05 and real >= 0.97, (at_threshold, real)
+
+
+def test_refit_at_the_fits_lambda_reproduces_the_fit():
+    from datamodels.regress import Datamodels
+
+    rng = np.random.default_rng(1)
+    masks = rng.random((300, 15)) < 0.5
+    w = np.zeros((15, 3))
+    w[:4] = rng.normal(size=(4, 3))
+    margins = masks @ w + rng.normal(scale=0.5, size=(300, 3))
+    dm = Datamodels(n_lambdas=10).fit(masks, margins)
+    W = refit_at_lambda(masks, margins, dm.lam_)
+    assert np.abs(W - dm.coef_).max() < 2e-3 * np.abs(dm.coef_).max()
+
+
+def test_bootstrap_standard_error_matches_least_squares_and_demotes_a_rarely_seen_example():
+    # 400 models, 8 examples in half of them at random, one target y = mask @ w + N(0, 1): at a tiny lambda
+    # the fit is least squares, whose standard error is 1 / sqrt(400 * 0.25) = 0.1 for every weight
+    rng = np.random.default_rng(2)
+    masks = rng.random((400, 8)) < 0.5
+    w = np.array([0.5, 0.3, 0, 0, 0, 0, 0, 0])
+    y = masks @ w + rng.normal(size=400)
+    boot = bootstrap_weights(FitRows(masks, y[:, None], np.array([1e-6])), draws=200, seed=0)
+    se = boot.std(axis=0, ddof=1)
+    assert boot.shape == (200, 8) and np.all((se > 0.08) & (se < 0.12)), se
+    assert np.allclose(boot.mean(axis=0), w, atol=0.3)  # 3 standard errors
+    # example 0 in only 6 of the models (least squares standard error 0.41): its weight is far less certain,
+    # and a lower bound ranks it below example 1 although its estimate is larger
+    masks[:, 0] = False
+    masks[rng.choice(400, 6, replace=False), 0] = True
+    y = masks @ np.array([0.6, 0.45, 0, 0, 0, 0, 0, 0]) + rng.normal(size=400)
+    boot = bootstrap_weights(FitRows(masks, y[:, None], np.array([1e-6])), draws=100, seed=0)
+    se = boot.std(axis=0, ddof=1)
+    assert se[0] > 2.5 * se[1], se
+    scores = lower_bound_scores(np.array([0.55, 0.45] + [0.0] * 6), boot)
+    assert np.argmax(scores) == 1
+    # seeded: the same refits again
+    assert np.array_equal(boot, bootstrap_weights(FitRows(masks, y[:, None], np.array([1e-6])), draws=100, seed=0))
+
+
+def test_compute_multiplier():
     sizes, acc = [50, 100, 200, 400], [0.4, 0.5, 0.65, 0.7]
     m = compute_multiplier(0.575, 50, sizes, acc)  # halfway in accuracy from 100 to 200: sqrt(2) * 100 in log size
     assert m["where"] == "on_curve" and m["random_size"] == pytest.approx(141.4, abs=0.1) and m["multiplier"] == 2.828
@@ -201,6 +279,69 @@ def test_select_with_do_no_harm_sources_and_worst_group(sources_run, capsys):
     if ms["datamodels_sources"]["guard"]["credible"]:
         kept = set(src[masks["datamodels_sources"].any(0)].tolist())
         assert all(set(src[row].tolist()) <= kept for row in masks["datamodels_sources"])
+
+
+def _one_source(ctx, k, source):
+    members = np.flatnonzero(ctx.column(ctx.source_column, "pool") == source)
+    masks = np.zeros((ctx.draws, ctx.n), dtype=bool)
+    for d in range(ctx.draws):
+        masks[d, model_rng(ctx.seed, d, 5).permutation(members)[:k]] = True
+    return masks
+
+
+def clean_only(ctx, k):
+    """A user's method, clearly better than random on the clean target: k clean pool examples."""
+    return _one_source(ctx, k, "clean")
+
+
+def wrong_labels_only(ctx, k):
+    """A user's method, clearly worse than random: k examples of the source whose labels are all wrong."""
+    return _one_source(ctx, k, "noisy_labels")
+
+
+@pytest.mark.parametrize("fallback", ["random", "full"])
+def test_do_no_harm_keeps_a_clearly_better_subset_and_replaces_a_clearly_worse_one(sources_run, tmp_path, fallback):
+    from datamodels.select import select_subsets
+
+    res = select_subsets(sources_run, "target", 40, ["test_select_suite:clean_only",
+                                                     "test_select_suite:wrong_labels_only", "random", "full"],
+                         retrain=3, out=tmp_path, progress=False, guard_retrain=3, guard_most=24, fallback=fallback,
+                         unguarded=True)
+    ms, masks = res["methods"], np.load(res["masks"])
+    src = sources_run.metadata("train")["source"]
+    acc = {m: ms[m]["accuracy"]["target"]["mean"] for m in ms}
+    good, bad = ms["test_select_suite:clean_only"], ms["test_select_suite:wrong_labels_only"]
+    # the better subset is kept: its own (clean) examples were returned, retrained, and beat random
+    assert good["guard"]["decision"] == "keep" and good["guard"]["returned"] == "test_select_suite:clean_only"
+    assert set(src[masks["test_select_suite:clean_only"].any(0)]) == {"clean"}
+    assert acc["test_select_suite:clean_only"] > acc["random"] + 0.05 and "unguarded" not in good
+    assert good["guard"]["interval"][0] > 0.01 and good["guard"]["retrains"] in (3, 6, 12, 24)
+    # the worse one is replaced by the fallback, named, and what was returned is exactly the fallback
+    assert bad["guard"]["decision"] == "fallback" and bad["guard"]["returned"] == fallback
+    assert "below the minimum gain" in bad["guard"]["reason"] and bad["guard"]["gain_over_random"] < -0.05
+    assert np.array_equal(masks["test_select_suite:wrong_labels_only"], masks[fallback])
+    assert bad["accuracy"] == ms[fallback]["accuracy"]
+    # what the check saved: the subset it refused is far below random when retrained
+    assert bad["unguarded"]["accuracy"]["target"]["mean"] < acc["random"] - 0.1
+    assert res["protocol"]["guard"]["looks"] == [3, 6, 12, 24] and res["protocol"]["guard"]["most"] == 24
+
+
+def test_bootstrap_selection_end_to_end(sources_run, tmp_path):
+    from datamodels.select import select_subsets
+
+    res = select_subsets(sources_run, "target", 60, ["datamodels", "datamodels_bootstrap"], retrain=0, out=tmp_path,
+                         progress=False, guard_retrain=0)
+    masks = np.load(res["masks"])
+    assert masks["datamodels_bootstrap"].shape == (1, 200) and masks["datamodels_bootstrap"].sum() == 60
+    # the lower bound keeps much of DsDm's choice but not all of it
+    overlap = (masks["datamodels"] & masks["datamodels_bootstrap"]).sum()
+    assert 20 <= overlap < 60, overlap
+    # the refits are kept, so another budget reuses them
+    cached = list((sources_run.path / "select" / "cache").glob("bootstrap-*.npz"))
+    assert len(cached) == 1
+    select_subsets(sources_run, "target", 80, ["datamodels_bootstrap"], retrain=0, out=tmp_path, progress=False,
+                   guard_retrain=0)
+    assert list((sources_run.path / "select" / "cache").glob("bootstrap-*.npz")) == cached
 
 
 def test_select_bad_metadata_input(sources_run, capsys):

@@ -17,6 +17,8 @@ target groups, or are baselines for the shift suite.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -31,8 +33,9 @@ METHODS = ("datamodels", "datamodels_acc", "random", "balanced", "similarity", "
 # datamodels_sources: keep / drop whole sources by the datamodels' prediction; datamodels_groups: local
 # search on the worst target group's (CVaR's) smooth predicted accuracy; classifier: the pool examples a
 # target-vs-pool classifier finds most target-like; dedup: random after removing near-duplicates;
-# oracle: the target's own mix of groups, random within each (it knows the group column).
-EXTRA_METHODS = ("datamodels_sources", "datamodels_groups", "classifier", "dedup", "oracle")
+# oracle: the target's own mix of groups, random within each (it knows the group column);
+# datamodels_bootstrap: DsDm's score less its standard error from a bootstrap of the fit (select/bootstrap.py).
+EXTRA_METHODS = ("datamodels_sources", "datamodels_groups", "datamodels_bootstrap", "classifier", "dedup", "oracle")
 ALL_METHODS = METHODS + EXTRA_METHODS
 RANDOMISED = ("random", "balanced", "datamodels_sources", "dedup", "oracle")  # a fresh draw per retrained model
 REFERENCES = ("random", "balanced", "full")  # what do-no-harm compares with
@@ -45,6 +48,7 @@ for _name, _path in {
     "datamodels_acc": "datamodels.select.algorithms:dsdm_accuracy",
     "datamodels_sources": "datamodels.select.groups:source_mix",
     "datamodels_groups": "datamodels.select.groups:worst_group",
+    "datamodels_bootstrap": "datamodels.select.bootstrap:dsdm_bootstrap",
     "random": "datamodels.select.baselines:random_method",
     "balanced": "datamodels.select.baselines:balanced_method",
     "similarity": "datamodels.select.baselines:similarity_method",
@@ -62,7 +66,10 @@ class SelectionContext:
 
     objective: the selection targets' datamodels; train_x float[n, ...], train_y int[n];
     target_x float[t, ...] (the selection targets' inputs); pool_meta / target_meta: column -> [n] / [t];
-    group_column / source_column: the metadata columns naming groups and sources.
+    group_column / source_column: the metadata columns naming groups and sources;
+    rows: a callable returning the fit's :class:`~datamodels.select.bootstrap.FitRows` for the selection
+    targets (read only when a method asks, through :meth:`fit_rows`); cache_dir: where a method may keep
+    what it computed (None: nowhere).
     """
 
     objective: TargetObjective
@@ -76,6 +83,8 @@ class SelectionContext:
     draws: int = 1
     seed: int = 0
     temperature: float = 1.0
+    rows: Callable | None = None
+    cache_dir: Path | None = None
 
     @property
     def n(self) -> int:
@@ -89,6 +98,15 @@ class SelectionContext:
             raise DatamodelsError(f"{who} the metadata column {name!r} in the {where} set, which has "
                                   f"{sorted(meta) or 'no metadata columns'}.")
         return np.asarray(meta[name])
+
+    def fit_rows(self, method: str = ""):
+        """The fit's models for the selection targets (:class:`~datamodels.select.bootstrap.FitRows`),
+        or one sentence when this context was made without them."""
+        if self.rows is None:
+            who = f"method {method!r} needs" if method else "selection needs"
+            raise DatamodelsError(f"{who} the models the datamodels were fitted on; select through "
+                                  "select_subsets (datamodels select) on a run, which provides them.")
+        return self.rows()
 
 
 def parse_methods(methods) -> tuple[str, ...]:

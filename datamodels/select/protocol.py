@@ -33,17 +33,24 @@ import numpy as np
 from ..errors import DatamodelsError
 from ..io import save_npz, write_json
 from .baselines import random_subset
+from .bootstrap import FitRows, fit_row_indices
 from .methods import ALL_METHODS, BASELINES, METHODS, SelectionContext, parse_methods, run_method
 from .objectives import TargetObjective
 from ..seeds import SELECT_OFFSET, split_rng
 from .verify import accuracy, retrain_margins
 
-# do no harm: the selection half is split again (choose / check); a method's subset chosen on the
-# choose part is retrained GUARD_RETRAIN times beside as many random subsets (paired seeds from
-# GUARD_OFFSET) and scored on the check part; a gain below GUARD_MIN_GAIN or two standard errors
-# returns the safe choice instead.
+# do no harm, sequential: the selection half is split again (choose / check); a method's subset chosen on
+# the choose part is retrained beside as many random subsets (paired seeds from GUARD_OFFSET) and scored on
+# the check part, first GUARD_RETRAIN times, then doubling up to GUARD_MOST_FACTOR times that (the stated
+# budget) while the confidence interval of the mean gain straddles GUARD_MIN_GAIN. A lower bound above it
+# keeps the method's subset; an upper bound below it, or an interval still straddling it when the budget is
+# spent, returns the safe choice. Each look's interval is a t interval at GUARD_ALPHA / looks one-sided
+# (Bonferroni over the looks), so keeping a subset whose true gain is below the threshold has probability
+# at most GUARD_ALPHA, however many looks were taken.
 GUARD_RETRAIN = 3
+GUARD_MOST_FACTOR = 4  # the budget: at most 4 x the first look's retrains (3 -> 3, 6, 12)
 GUARD_MIN_GAIN = 0.01
+GUARD_ALPHA = 0.05
 GUARD_SPLIT = 7_919  # added to the split seed: the check split is independent of the halves
 GUARD_OFFSET = SELECT_OFFSET + 250_000_000  # below VERIFY_OFFSET; never a selection retrain's seed
 
@@ -71,16 +78,21 @@ def split_halves(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def choose_subsets(objective: TargetObjective, k: int, methods, train_x=None, train_y=None, target_x=None,
                    draws: int = 1, seed: int = 0, temperature: float = 1.0, pool_meta=None, target_meta=None,
-                   group_column: str = "group", source_column: str = "source") -> dict[str, np.ndarray]:
+                   group_column: str = "group", source_column: str = "source", fit_rows=None,
+                   cache_dir=None) -> dict[str, np.ndarray]:
     """{method: masks bool[D, n]}: D = draws for the randomised methods, 1 otherwise.
 
     objective: the selection half's datamodels; train_x float[n, ...] and
     target_x float[t, ...] (the selection half's inputs) serve similarity and
     the classifier; train_y int[n] serves balanced; pool_meta / target_meta
-    (column -> [n] / [t]) serve the methods that read sources or groups.
+    (column -> [n] / [t]) serve the methods that read sources or groups;
+    fit_rows: a callable returning the fit's models for these targets
+    (:class:`~datamodels.select.bootstrap.FitRows`, for the bootstrap);
+    cache_dir: where a method may keep what it computed.
     """
     ctx = SelectionContext(objective, train_x, train_y, target_x, dict(pool_meta or {}), dict(target_meta or {}),
-                           group_column, source_column, int(draws), int(seed), float(temperature))
+                           group_column, source_column, int(draws), int(seed), float(temperature), fit_rows,
+                           None if cache_dir is None else Path(cache_dir))
     return {m: run_method(m, ctx, k) for m in parse_methods(methods)}
 
 
@@ -89,13 +101,63 @@ def guard_split(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return split_halves(size, seed + GUARD_SPLIT)
 
 
-def credible(gains) -> tuple[bool, float, float]:
-    """(credible, mean gain, its standard error) of paired accuracy gains over random float[G]:
-    credible when the mean gain clears both GUARD_MIN_GAIN and two standard errors."""
+def guard_looks(start: int, most: int) -> list[int]:
+    """Retrain counts at which the sequential check looks: start, doubling, capped at and ending with most."""
+    if start < 2 or most < start:
+        raise DatamodelsError(f"do no harm needs a first look of 2 or more retrains and a budget at least as "
+                              f"large; got {start} and {most}.")
+    looks = [int(start)]
+    while looks[-1] < most:
+        looks.append(min(2 * looks[-1], int(most)))
+    return looks
+
+
+def gain_interval(gains, n_looks: int = 1, alpha: float = GUARD_ALPHA) -> tuple[float, float, float, float]:
+    """(mean, standard error, lower, upper) of paired gains float[G] (G >= 2): a t interval, one-sided
+    level alpha / n_looks on each side."""
+    from scipy.stats import t as student_t
+
     gains = np.asarray(gains, dtype=np.float64)
-    se = float(gains.std(ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else float("inf")
-    gain = float(gains.mean())
-    return bool(gain > max(GUARD_MIN_GAIN, 2 * se)), gain, se
+    mean = float(gains.mean())
+    se = float(gains.std(ddof=1) / np.sqrt(len(gains)))
+    q = float(student_t.ppf(1 - alpha / n_looks, df=len(gains) - 1))
+    return mean, se, mean - q * se, mean + q * se
+
+
+def sequential_check(gains_for, start: int = GUARD_RETRAIN, most: int | None = None,
+                     min_gain: float = GUARD_MIN_GAIN, alpha: float = GUARD_ALPHA) -> dict:
+    """Do no harm's decision on paired gains over random, taking more retrains only while it is undecided.
+
+    gains_for(r0, r1) -> float[r1 - r0]: the gains (method minus random accuracy) of paired retrains
+    r0..r1-1; it is called for each new stretch of retrains only. At each look (:func:`guard_looks`) the
+    mean gain's interval (:func:`gain_interval`, Bonferroni over the planned looks) is compared with
+    min_gain: above it, "keep"; below it, "fallback"; straddling it, the next look, and "fallback" once
+    the budget `most` (default GUARD_MOST_FACTOR x start) is spent. Returns {"decision", "credible",
+    "gain_over_random", "standard_error", "interval", "retrains", "looks", "reason"}.
+    """
+    most = int(most if most is not None else GUARD_MOST_FACTOR * start)
+    looks = guard_looks(int(start), most)
+    gains = np.zeros(0)
+    for r in looks:
+        new = np.asarray(gains_for(len(gains), r), dtype=np.float64).reshape(-1)
+        if len(new) != r - len(gains):
+            raise DatamodelsError(f"the check asked for the gains of retrains {len(gains)}..{r - 1} "
+                                  f"and got {len(new)}.")
+        gains = np.concatenate([gains, new])
+        mean, se, lo, hi = gain_interval(gains, len(looks), alpha)
+        if lo > min_gain:
+            decision, reason = "keep", f"lower bound {lo:.4f} above the minimum gain {min_gain} after {r} retrains"
+        elif hi < min_gain:
+            decision, reason = "fallback", f"upper bound {hi:.4f} below the minimum gain {min_gain} after {r} retrains"
+        elif r == looks[-1]:
+            decision, reason = "fallback", (f"interval [{lo:.4f}, {hi:.4f}] still straddles the minimum gain "
+                                            f"{min_gain} after the budget of {r} retrains")
+        else:
+            continue
+        return {"decision": decision, "credible": decision == "keep", "gain_over_random": round(mean, 4),
+                "standard_error": round(se, 4), "interval": [round(lo, 4), round(hi, 4)], "retrains": int(r),
+                "looks": looks, "reason": reason}
+    raise AssertionError("unreachable: the last look always decides")
 
 
 def _stats(values: np.ndarray) -> dict:
@@ -158,7 +220,8 @@ def worst_group_accuracy(margins, columns, groups) -> np.ndarray:
 def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS, retrain: int = 10, out=None,
                    seed: int = 0, temperature: float = 1.0, progress: bool = True, retrain_with=None,
                    group_column: str | None = None, source_column: str | None = None,
-                   guard_retrain: int = GUARD_RETRAIN, fallback: str = "random", unguarded: bool = False) -> dict:
+                   guard_retrain: int = GUARD_RETRAIN, fallback: str = "random", unguarded: bool = False,
+                   guard_most: int | None = None) -> dict:
     """Select a subset per method for `target_set` of a fitted run, retrain, and summarise (module doc).
 
     retrain_with: [trainer] fields for the retraining only, e.g. {"lr": 0.1}
@@ -168,14 +231,18 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     group_column / source_column: the metadata columns of groups and sources
     (default "group" and "source"; one named here must exist).
 
-    Do no harm (guard_retrain > 0): every method that is not a baseline (the
-    datamodel methods, a user's own) is first run on one half of the selection half and its subset
-    retrained guard_retrain times beside as many random subsets of the same
-    size (paired seeds), scored on the other half. Unless its gain over random
-    clears GUARD_MIN_GAIN and two standard errors, the method's entry says so
-    (``guard``) and it returns `fallback` ("random" at the budget, or "full")
-    instead, named in ``returned``. unguarded=True also retrains the subset
-    it would have returned (``unguarded``), to measure what the check saved.
+    Do no harm (guard_retrain > 0), sequential: every method that is not a
+    baseline (the datamodel methods, a user's own) is first run on one half of
+    the selection half and its subset retrained beside random subsets of the
+    same size (paired seeds), scored on the other half: guard_retrain pairs
+    first, doubling while the gain's interval straddles GUARD_MIN_GAIN, up to
+    guard_most pairs (default GUARD_MOST_FACTOR x guard_retrain; see
+    :func:`sequential_check`). Unless the gain is shown credible within that
+    budget, the method's entry says so (``guard``: the decision, its reason,
+    the gain, its interval, the retrains it took) and it returns `fallback`
+    ("random" at the budget, or "full") instead, named in ``returned``.
+    unguarded=True also retrains the subset it would have returned
+    (``unguarded``), to measure what the check saved or cost.
 
     Writes OUT/{stem}.npz (every method's masks bool[D, n]) and OUT/{stem}.json
     (the summary, also returned), stem = {target_set}-k{k}, plus -FIELD=VALUE
@@ -197,13 +264,17 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         raise DatamodelsError(f"retrain = {retrain!r} must be a whole number of models, 0 or more.")
     if int(guard_retrain) != guard_retrain or guard_retrain < 0 or guard_retrain == 1:
         raise DatamodelsError(f"guard_retrain = {guard_retrain!r} must be 0 (no check) or 2 or more models.")
+    guard_most = int(GUARD_MOST_FACTOR * guard_retrain if guard_most is None else guard_most)
+    if guard_retrain and guard_most < guard_retrain:
+        raise DatamodelsError(f"guard_most = {guard_most!r} must be at least guard_retrain = {guard_retrain}.")
     if fallback not in ("random", "full"):
         raise DatamodelsError(f"fallback = {fallback!r} must be 'random' or 'full'.")
     if temperature <= 0:
         raise DatamodelsError(f"temperature = {temperature!r} must be positive.")
     store = run.store(mode="r")
     k = budget_size(budget, store.n_train)
-    attr = Attribution.from_run(run, labels=False)  # raises, in one sentence, when the run has no fit
+    dm = run.load_fit()  # raises, in one sentence, when the run has no fit
+    attr = Attribution.from_run(run, labels=False, dm=dm)
     if target_set == "train":
         raise DatamodelsError("target set = 'train' is the training pool itself; select for a held-out target set.")
     columns = attr.columns([target_set])  # raises when the fit has no such set
@@ -242,10 +313,15 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         "temperature": float(temperature),
         "group_column": group_column,
         "source_column": source_column,
-        "guard": ({"retrain": int(guard_retrain), "fallback": fallback, "min_gain": GUARD_MIN_GAIN,
+        "guard": ({"retrain": int(guard_retrain), "most": guard_most,
+                   "looks": guard_looks(int(guard_retrain), guard_most),
+                   "fallback": fallback, "min_gain": GUARD_MIN_GAIN, "alpha": GUARD_ALPHA,
                    "rule": "choose on half of the selection half, retrain beside random subsets (paired seeds), "
-                           "score on the other half: credible when the mean gain > max(min_gain, 2 standard errors)",
-                   "seeds": f"model indices {GUARD_OFFSET}..{GUARD_OFFSET + int(guard_retrain) - 1}"}
+                           "score on the other half; at each look a t interval of the mean gain (one-sided "
+                           "alpha / looks each side): lower bound > min_gain keeps the subset, upper bound < "
+                           "min_gain falls back, straddling takes the next look; straddling at the budget "
+                           "falls back",
+                   "seeds": f"model indices {GUARD_OFFSET}..{GUARD_OFFSET + guard_most - 1}"}
                   if guard_retrain else None),
     }
     earlier = _earlier_methods(summary_path, masks_path, protocol)  # refuses a clash before anything is written
@@ -254,18 +330,29 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     all_target_x = data.target_x.cpu().numpy()
     draws = max(1, int(retrain))
 
+    cache_dir = run.path / "select" / "cache"
+    fit_models = []  # the fit's models (masks, margins), read once and only when a method asks
+
+    def fit_rows_for(cols):
+        def load():
+            if not fit_models:
+                fit_models.append(store.read(fit_row_indices(store, getattr(dm, "fit_settings_", None))))
+            masks, margins = fit_models[0]
+            return FitRows(masks, margins[:, cols], np.asarray(attr.lam, dtype=np.float64)[cols])
+        return load
+
     def choose(positions, names, n_draws):
         cols = columns[positions]
         return choose_subsets(TargetObjective.from_attribution(attr, cols), k, names, train_x=train_x,
                               train_y=train_y, target_x=all_target_x[cols], draws=n_draws, seed=seed,
                               temperature=temperature, pool_meta=pool_meta,
                               target_meta={c: np.asarray(v)[positions] for c, v in target_meta.items()},
-                              group_column=group_column, source_column=source_column)
+                              group_column=group_column, source_column=source_column,
+                              fit_rows=fit_rows_for(cols), cache_dir=cache_dir)
 
     chosen = choose(sel, methods, draws)  # every method's own contract errors come before any training
     obj_sel = TargetObjective.from_attribution(attr, columns[sel])
     obj_eval = TargetObjective.from_attribution(attr, columns[ev])
-    cache_dir = run.path / "select" / "cache"
 
     def safe_masks(n_draws):
         if fallback == "full" or k == store.n_train:
@@ -275,24 +362,28 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     guards, replaced = {}, {}
     checked = [m for m in methods if m not in BASELINES and guard_retrain]
     if checked:
-        G = int(guard_retrain)
         choose_pos, check_pos = guard_split(len(sel), seed)
         check_cols = columns[sel[check_pos]]
-        trial = choose(sel[choose_pos], checked, G)
-        rand = np.stack([random_subset(store.n_train, k, seed, d) for d in range(G)])
-        acc_random = accuracy(retrain_margins(retrain_spec, run.data_dir, rand, cache_dir=cache_dir,
-                                              offset=GUARD_OFFSET, data=data, progress=progress,
-                                              desc="check random"), check_cols)
+        trial = choose(sel[choose_pos], checked, guard_most)
+        rand = np.stack([random_subset(store.n_train, k, seed, d) for d in range(guard_most)])
+
+        def check_accuracy(masks, r0, r1, desc):
+            # each stretch of retrains is its own cache entry: a later look retrains only the new ones
+            return accuracy(retrain_margins(retrain_spec, run.data_dir, masks[r0:r1], cache_dir=cache_dir,
+                                            offset=GUARD_OFFSET + r0, data=data, progress=progress,
+                                            desc=desc), check_cols)
+
         for m in checked:
-            rows = trial[m] if len(trial[m]) == G else np.repeat(trial[m][:1], G, axis=0)
-            acc_m = accuracy(retrain_margins(retrain_spec, run.data_dir, rows, cache_dir=cache_dir,
-                                             offset=GUARD_OFFSET, data=data, progress=progress,
-                                             desc=f"check {m}"), check_cols)
-            ok, gain, se = credible(acc_m - acc_random)
-            returned = m if ok else ("full" if fallback == "full" or k == store.n_train else "random")
-            guards[m] = {"credible": ok, "gain_over_random": round(gain, 4), "standard_error": round(se, 4),
-                         "check_targets": int(len(check_pos)), "returned": returned}
-            if not ok:
+            rows = trial[m] if len(trial[m]) == guard_most else np.repeat(trial[m][:1], guard_most, axis=0)
+
+            def gains_for(r0, r1, rows=rows, m=m):
+                return (check_accuracy(rows, r0, r1, f"check {m}")
+                        - check_accuracy(rand, r0, r1, "check random"))
+
+            g = sequential_check(gains_for, int(guard_retrain), guard_most)
+            returned = m if g["credible"] else ("full" if fallback == "full" or k == store.n_train else "random")
+            guards[m] = {**g, "check_targets": int(len(check_pos)), "returned": returned}
+            if not g["credible"]:
                 replaced[m] = chosen[m]
                 chosen[m] = safe_masks(draws)
 
