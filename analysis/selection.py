@@ -46,30 +46,11 @@ from pathlib import Path
 
 import numpy as np
 
+from datamodels.select.measures import on_line, probit_line
 from results_io import emit, results_dir
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINE_FIT = ("random", "full")  # the models the effective-robustness line is fitted on
-
-
-def probit(acc, n_eval: int) -> np.ndarray:
-    """Φ^-1 of accuracies, clipped half an example away from 0 and 1 so it stays finite."""
-    from scipy.stats import norm
-
-    eps = 0.5 / n_eval
-    return norm.ppf(np.clip(np.asarray(acc, dtype=np.float64), eps, 1 - eps))
-
-
-def robustness_line(id_acc, shift_acc, n_eval: int) -> tuple[float, float]:
-    """(slope, intercept) of probit(shift) ~ probit(id), least squares."""
-    slope, intercept = np.polyfit(probit(id_acc, n_eval), probit(shift_acc, n_eval), 1)
-    return float(slope), float(intercept)
-
-
-def predicted_shift(id_acc, line, n_eval: int) -> np.ndarray:
-    from scipy.stats import norm
-
-    return norm.cdf(line[0] * probit(id_acc, n_eval) + line[1])
 
 
 def class_matched(run, budget, summary: dict, retrain: int) -> dict:
@@ -200,7 +181,7 @@ def plot_robustness(path: Path, points: dict, line, n_eval: int, er: dict) -> No
     for m, (ida, sha) in points.items():
         ax.scatter(ida, sha, s=12, alpha=0.7, label=f"{m} (ER {er[m]:+.3f})")
     xs = np.linspace(all_id.min() - 0.005, min(all_id.max() + 0.005, 0.999), 100)
-    ax.plot(xs, predicted_shift(xs, line, n_eval), "k--", lw=1, label="probit fit on random + full")
+    ax.plot(xs, on_line(xs, line, n_eval), "k--", lw=1, label="probit fit on random + full")
     ax.set_xlabel("in-distribution accuracy (evaluation half of test)")
     ax.set_ylabel("shifted accuracy (evaluation half)")
     ax.set_title("every retrained model, every budget", fontsize=10)
@@ -263,11 +244,11 @@ def main(argv=None) -> int:
     points = {m: (np.concatenate([table[b][m]["test"]["per_model"] for b in (budgets if m != "full" else budgets[:1])]),
                   np.concatenate([table[b][m]["shifted"]["per_model"] for b in (budgets if m != "full" else budgets[:1])]))
               for m in METHODS}
-    line = robustness_line(np.concatenate([points[m][0] for m in BASELINE_FIT]),
+    line = probit_line(np.concatenate([points[m][0] for m in BASELINE_FIT]),
                            np.concatenate([points[m][1] for m in BASELINE_FIT]), n_eval)
-    er = {m: round(float(np.mean(points[m][1] - predicted_shift(points[m][0], line, n_eval))), 4) for m in METHODS}
+    er = {m: round(float(np.mean(points[m][1] - on_line(points[m][0], line, n_eval))), 4) for m in METHODS}
     er_per_budget = {str(b): {m: round(float(np.mean(np.asarray(table[b][m]["shifted"]["per_model"])
-                                                      - predicted_shift(table[b][m]["test"]["per_model"], line,
+                                                      - on_line(table[b][m]["test"]["per_model"], line,
                                                                         n_eval))), 4)
                               for m in METHODS if m != "full"} for b in budgets}
 

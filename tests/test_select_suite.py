@@ -215,6 +215,31 @@ def test_compute_multiplier():
     assert compute_multiplier(0.55, 50, [50, 100, 200, 400], [0.4, 0.6, 0.5, 0.7])["random_size"] < 100
 
 
+def test_effective_robustness_and_line_or_curve_in_probit_space():
+    from scipy.stats import norm
+
+    from datamodels.select.measures import effective_robustness, line_or_curve, on_line, probit_line
+
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.5, 0.98, 60)
+    y = norm.cdf(0.8 * norm.ppf(x) - 0.3 + rng.normal(scale=0.02, size=60))  # a probit line with a little noise
+    line = probit_line(x, y, 1000)
+    assert line == pytest.approx((0.8, -0.3), abs=0.03)
+    # a model 5 points above the line has effective robustness 0.05 (accuracy, not probit, units); on it, 0
+    assert effective_robustness([0.9], on_line([0.9], line, 1000) + 0.05, line, 1000) == pytest.approx(0.05)
+    assert abs(effective_robustness(x, y, line, 1000)) < 0.005
+    res = line_or_curve(x, y, 1000)
+    assert res["verdict"] == "linear" and res["linear"]["r2"] > 0.98 and res["bend"] < 0.01
+    # bent in probit space: called curved, with how far the two fits part (in accuracy)
+    px = norm.ppf(x)
+    bent = norm.cdf(0.5 + 0.4 * px - 0.6 * px ** 2 + rng.normal(scale=0.02, size=60))
+    res = line_or_curve(x, bent, 1000)
+    assert res["verdict"] == "curved" and res["f_test_p"] < 1e-6 and res["bend"] > 0.05
+    assert res["quadratic"]["coefficients"][0] == pytest.approx(-0.6, abs=0.1)
+    with pytest.raises(DatamodelsError, match="5 or more models"):
+        line_or_curve(x[:3], y[:3], 1000)
+
+
 # ---------------------------------------------------------------------- a tiny real run, end to end
 TINY_RECIPE = {
     "experiment": {"seed": 0, "n_models": 100, "alpha": 0.5, "sampler": "fixed", "block_size": 100},
@@ -274,6 +299,10 @@ def test_select_with_do_no_harm_sources_and_worst_group(sources_run, capsys):
     for m in ms:
         wg = ms[m]["worst_group"]["test"]
         assert wg["mean"] <= ms[m]["accuracy"]["test"]["mean"] + 1e-9
+        # each group's accuracy per model is reported too, and the worst group is their minimum
+        per_group = ms[m]["groups"]["test"]
+        assert set(per_group) == {"clean", "noisy_labels", "duplicates", "corrupted"}
+        assert np.allclose(wg["per_model"], np.min([g["per_model"] for g in per_group.values()], axis=0))
     # datamodels_sources keeps whole sources: its subsets lie inside the sources it kept
     src = sources_run.metadata("train")["source"]
     if ms["datamodels_sources"]["guard"]["credible"]:

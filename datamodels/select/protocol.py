@@ -398,6 +398,8 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         if groups:
             out["worst_group"] = {name: _stats(worst_group_accuracy(margins, eval_columns[name], g))
                                   for name, g in groups.items()}
+            out["groups"] = {name: {str(v): _stats(accuracy(margins, eval_columns[name][g == v]))
+                                    for v in np.unique(g)} for name, g in groups.items()}
         return out
 
     summary_methods = dict(earlier[0])
