@@ -209,6 +209,9 @@ class Fit:
     exclude_self: bool = True  # "train" targets are fitted only on models whose subset excludes them
     block_targets: int = 1024  # targets solved together: bounds memory; the unit a fit resumes from
     patience: int = 5  # a target's path stops after this many lambdas without a better validation MSE (0: whole grid)
+    # "lasso", "relaxed" (least squares on the lasso's support blended with it by a validated gamma) or
+    # "refit" (least squares on the support, gamma = 0): datamodels.regress.debias; recorded in the fit's settings
+    estimator: str = "lasso"
 
     def validate(self) -> None:
         _check(self.holdout >= 0, "fit.holdout", self.holdout, "must be non-negative")
@@ -219,6 +222,9 @@ class Fit:
         _check(self.tol > 0, "fit.tol", self.tol, "must be positive")
         _check(self.block_targets >= 1, "fit.block_targets", self.block_targets, "must be at least 1")
         _check(self.patience >= 0, "fit.patience", self.patience, "must be non-negative (0: the whole grid)")
+        from .regress.estimator import ESTIMATORS
+
+        _check(self.estimator in ESTIMATORS, "fit.estimator", self.estimator, f"must be one of {ESTIMATORS}")
 
 
 SECTIONS: dict[str, type] = {

@@ -18,7 +18,7 @@ from .moments import Moments, accumulate, gram_fit_bytes, gram_problems, machine
 from .solver import lasso_at, lasso_path
 from .storage import read_fit, write_fit
 
-SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype")
+SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype", "estimator")
 
 
 class FittedArrays(NamedTuple):
@@ -46,6 +46,9 @@ class FittedArrays(NamedTuple):
 STORED_AS = {"coef": "weight", "intercept": "bias", "lam": "lam", "lambdas": "lambdas",
              "val_mse_path": "val_mse_path", "val_mse": "val_mse", "n_nonzero": "n_nonzero"}
 SOLVERS = ("auto", "gram", "streaming")
+# "lasso": the lasso at the validated lambda; "relaxed": least squares on its support blended
+# with it by a validated gamma; "refit": least squares on its support (gamma = 0) (:mod:`.debias`)
+ESTIMATORS = ("lasso", "relaxed", "refit")
 
 
 def _err(field: str, value: Any, why: str) -> DatamodelsError:
@@ -90,17 +93,25 @@ class Datamodels:
     matrices, :mod:`.solver`), "streaming" (bit-packed masks and m x
     block_targets residuals, never an n x n matrix, :mod:`.streaming`; the same
     objective, grid, choice and refit) or "auto" (default): the Gram fit when
-    its bound fits the memory, else the streaming fit.
+    its bound fits the memory, else the streaming fit. estimator: "lasso"
+    (default), "relaxed": the relaxed lasso of :mod:`.debias` (lambda and a
+    blend gamma between the lasso and least squares on its support, both chosen
+    on the validation rows) or "refit": least squares on the support of the
+    lasso at the lambda (chosen on the validation rows) whose refit predicts
+    best; the last two need the Gram solver and no exclude_self targets;
+    recorded in ``fit_settings_``.
 
     Learned: coef_ float32[n, k]; intercept_ float32[k]; lam_ (= alpha_)
     float64[k]; lambdas_ float64[n_lambdas, k]; val_mse_path_ float64[n_lambdas, k]
     (NaN beyond a target's early stop); val_mse_ float64[k] at the chosen lambda;
-    n_nonzero_ int64[k].
+    n_nonzero_ int64[k]; relaxed and refit fits also gamma_ float64[k], the blend chosen per
+    target (1: the lasso, 0: least squares on its support; NaN for a target not
+    solved in this call), kept in memory only.
     """
 
     def __init__(self, n_lambdas=50, lambda_ratio=1e-3, val_fraction=0.1, max_iter=200, tol=1e-4,
                  exclude_self=None, xp=None, block_targets=1024, progress=False, patience=5,
-                 dtype="float32", max_memory=None, solver="auto"):
+                 dtype="float32", max_memory=None, solver="auto", estimator="lasso"):
         self.n_lambdas = n_lambdas
         self.lambda_ratio = lambda_ratio
         self.val_fraction = val_fraction
@@ -114,6 +125,7 @@ class Datamodels:
         self.dtype = dtype
         self.max_memory = max_memory
         self.solver = solver
+        self.estimator = estimator
 
     # ------------------------------------------------------------------ settings
     def validate(self) -> None:
@@ -136,6 +148,14 @@ class Datamodels:
             raise _err("dtype", self.dtype, "must be 'float32' or 'float64'")
         if self.solver not in SOLVERS:
             raise _err("solver", self.solver, "must be one of " + ", ".join(repr(x) for x in SOLVERS))
+        if self.estimator not in ESTIMATORS:
+            raise _err("estimator", self.estimator, "must be one of " + ", ".join(repr(x) for x in ESTIMATORS))
+        if self.estimator != "lasso" and self.solver == "streaming":
+            raise _err("estimator", self.estimator, "needs the Gram solver (solver = 'gram' or 'auto'), "
+                       "not solver = 'streaming'")
+        if self.estimator != "lasso" and self.exclude_self is not None and (np.asarray(self.exclude_self) >= 0).any():
+            raise _err("estimator", self.estimator, "does not fit exclude_self targets (a 'train' target set) yet; "
+                       "use estimator = 'lasso' for them")
 
     def settings(self) -> dict[str, Any]:
         out = {}
@@ -212,7 +232,12 @@ class Datamodels:
         """
         n_tr = m - n_val
         xp = self._xp()
+        if self.estimator != "lasso":
+            self.gamma_ = np.full(k, np.nan)
         self.solver_ = self.check_memory(n, k, xp, m)
+        if self.estimator != "lasso" and self.solver_ != "gram":
+            raise _err("estimator", self.estimator, f"needs the Gram solver, and a fit of n = {n} does not fit "
+                       "in memory with it")
         if self.solver_ == "gram":
             y0 = _first_mean(rows, n_tr, k)
             dtype = getattr(xp, self.dtype)
@@ -224,7 +249,7 @@ class Datamodels:
             del tr, va
 
             def plain(sel):
-                return self._solve(P.targets(sel), V.targets(sel), A.targets(sel))
+                return self._solve(P.targets(sel), V.targets(sel), A.targets(sel), sel)
 
             def g_train():
                 return P.G
@@ -325,10 +350,11 @@ class Datamodels:
             "n_nonzero": np.count_nonzero(fit.coef, axis=0),
         }
 
-    def _solve(self, P, V, A) -> dict[str, np.ndarray]:
+    def _solve(self, P, V, A, sel=None) -> dict[str, np.ndarray]:
         """Path on the training rows, lambda on the validation rows, refit on all rows.
 
-        P, V, A: :class:`.moments.Problem`, ``ValProblem`` and ``RefitProblem`` of one block of targets.
+        P, V, A: :class:`.moments.Problem`, ``ValProblem`` and ``RefitProblem`` of one block of
+        targets; sel: their global columns (where a relaxed fit records its gamma_).
         """
         xp = self._xp()
         dev = _default_device(xp)
@@ -341,14 +367,27 @@ class Datamodels:
         res = lasso_path(P.G, P.C, arr(P.yy), lambdas, val=(V.G, V.C, arr(V.yy)),
                          tol=float(self.tol), max_iter=int(self.max_iter), patience=self.patience, xp=xp)
         k = lambdas.shape[1]
-        lam = lambdas[res.best, np.arange(k)]
-        coef_tr, _ = P.to_raw(_to_np(res.w_best))
-        W, _, _, _ = lasso_at(A.G, A.C, arr(A.yy), lam, arr(A.from_raw(coef_tr)),
-                              tol=float(self.tol), max_iter=int(self.max_iter), xp=xp)
+        best, w_best, val_mse = res.best, res.w_best, res.val_mse[res.best, np.arange(k)]
+        if self.estimator != "lasso":
+            from .debias import choose_relaxed, refit_relaxed
+
+            r = choose_relaxed(xp, P, V, lambdas, best, w_best, tol=float(self.tol), max_iter=int(self.max_iter),
+                               blend=self.estimator == "relaxed")
+            best, w_best, val_mse = r.lam_idx, r.w_lasso, r.val_mse
+        lam = lambdas[best, np.arange(k)]
+        coef_tr, _ = P.to_raw(_to_np(w_best))
+        if self.estimator != "lasso":
+            W = refit_relaxed(xp, A, lam, r.gamma, arr(A.from_raw(coef_tr)), tol=float(self.tol),
+                              max_iter=int(self.max_iter))
+            if sel is not None:
+                self.gamma_[sel] = r.gamma
+        else:
+            W, _, _, _ = lasso_at(A.G, A.C, arr(A.yy), lam, arr(A.from_raw(coef_tr)),
+                                  tol=float(self.tol), max_iter=int(self.max_iter), xp=xp)
         coef, intercept = A.to_raw(_to_np(W))
         return {
             "coef": coef, "intercept": intercept, "lam": lam, "lambdas": lambdas,
-            "val_mse_path": res.val_mse, "val_mse": res.val_mse[res.best, np.arange(k)],
+            "val_mse_path": res.val_mse, "val_mse": val_mse,
             "n_nonzero": np.count_nonzero(coef, axis=0),
         }
 
