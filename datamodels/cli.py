@@ -71,15 +71,15 @@ def cmd_run(a) -> int:
     return 0 if st["missing"] == 0 else 1
 
 
-def _add_slurm_arguments(p) -> None:
-    """The `run` subcommand's flags for --executor slurm."""
+def _add_slurm_arguments(p, block_size: str = "models per task (default: the spec's experiment.block_size)") -> None:
+    """The flags of --executor slurm (`run`, and `fit` with its own --block-size help)."""
     g = p.add_argument_group("slurm executor (--executor slurm)")
     g.add_argument("--partition", help="sbatch --partition")
     g.add_argument("--time", help="time limit per task, e.g. 2:00:00 (sbatch --time)")
     g.add_argument("--gpus", type=int, help="GPUs per task (sbatch --gres=gpu:N)")
     g.add_argument("--mem", help="memory per task, e.g. 8G (sbatch --mem)")
     g.add_argument("--cpus", type=int, help="CPUs per task (default: the spec's trainer.threads)")
-    g.add_argument("--block-size", type=int, help="models per task (default: the spec's experiment.block_size)")
+    g.add_argument("--block-size", type=int, help=block_size)
     g.add_argument("--max-array-size", type=int,
                    help="tasks per array (default: the cluster's MaxArraySize from scontrol show config)")
     g.add_argument("--max-running", type=int, help="tasks of one array running at once (--array=...%%N)")
@@ -104,17 +104,12 @@ def _slurm_options(a):
 
 def _run_slurm(run, a) -> int:
     """`datamodels run RUN --executor slurm`: submit what is missing, then (unless --no-wait) wait."""
-    from pathlib import Path
-
     from .exec.slurm import submit, wait
 
     opts = _slurm_options(a)
     res = submit(run, opts, dry_run=a.dry_run)
     if a.dry_run:
-        for s in res["scripts"]:
-            print(f"# {s}: sbatch --parsable {' '.join(opts.extra)} {s}".replace("  ", " "))
-            print(Path(s).read_text())
-        return 0
+        return _print_scripts(res["scripts"], opts)
     store = run.store(mode="r")
     if res["arrays"]:
         ids = [r["job_id"] for r in res["arrays"]]
@@ -134,11 +129,26 @@ def _run_slurm(run, a) -> int:
         print("stopped waiting; the jobs keep running: `datamodels status` shows progress", file=sys.stderr)
         return 130
     print(f"{st['done']} of {st['n_models']} models done, {st['missing']} missing, {st['failed']} failed rows")
+    return _ended_badly(run, st, "what is missing")
+
+
+def _print_scripts(scripts: list[str], opts) -> int:
+    """--dry-run: each job script with the sbatch line that would submit it."""
+    from pathlib import Path
+
+    for s in scripts:
+        print(f"# {s}: sbatch --parsable {' '.join(opts.extra)} {s}".replace("  ", " "))
+        print(Path(s).read_text())
+    return 0
+
+
+def _ended_badly(run, st: dict, what: str) -> int:
+    """After waiting for job arrays: the tasks that ended badly, with their logs; 1 if anything is missing."""
     for t in st["ended_badly"][:20]:
         task, state = t.split()
         print(f"task {task} {state}: see {run.path / 'jobs' / 'logs' / (task + '.out')}", file=sys.stderr)
     if st["missing"]:
-        print("run the same command again to resubmit what is missing", file=sys.stderr)
+        print(f"run the same command again to resubmit {what}", file=sys.stderr)
     return 0 if st["missing"] == 0 else 1
 
 
@@ -147,20 +157,25 @@ def cmd_worker(a) -> int:
     import os
 
     from .exec.blocks import parse_indices
-    from .exec.worker import block_indices, limit_threads, run_block
+    from .exec.worker import block_indices, fit_task, limit_threads, read_block_list, run_block
     from .runs import open_run
 
     run = open_run(a.run)
-    limit_threads(run.spec.trainer.threads)
     if a.blocks:
         if a.task is None and "SLURM_ARRAY_TASK_ID" not in os.environ:
             raise DatamodelsError("--blocks needs --task or SLURM_ARRAY_TASK_ID.")
         task = a.offset + (a.task if a.task is not None else int(os.environ["SLURM_ARRAY_TASK_ID"]))
-        indices = block_indices(a.blocks, task)
+        data = read_block_list(a.blocks)
+        if data.get("kind") == "fit":  # a task of `fit --executor slurm`: blocks of targets
+            code, msg = fit_task(run, a.blocks, task, data)
+            print(msg, file=sys.stderr if code else sys.stdout)
+            return code
+        indices = block_indices(a.blocks, task, data)
     elif a.indices:
         indices = parse_indices(a.indices, "--indices")
     else:
         raise DatamodelsError("give --indices or --blocks.")
+    limit_threads(run.spec.trainer.threads)
     n = run_block(run, indices)
     left = indices[~run.store(mode="r").done_mask()[indices]]
     print(f"wrote {n} rows; {len(indices) - len(left)} of {len(indices)} rows of this block are done")
@@ -205,14 +220,71 @@ def cmd_status(a) -> int:
 
 
 def cmd_fit(a) -> int:
+    """One process (default), or --executor local / slurm: blocks of targets spread over workers or array tasks."""
     from .runs import open_run
+
+    check_workers(a.workers)  # --executor is local or slurm: argparse's choices
+    if a.workers is not None and a.executor != "local":
+        raise DatamodelsError(f"--workers = {a.workers} needs --executor local (the fit runs in one process "
+                              "without it).")
+    if not math.isfinite(a.poll) or a.poll <= 0:
+        raise DatamodelsError(f"--poll = {a.poll!r} must be a positive number of seconds.")
+    run = open_run(a.run)
+    if a.executor == "slurm":
+        return _fit_slurm(run, a)
+    if a.executor == "local":
+        from .exec.fit import fit_local
+
+        res = fit_local(run, a.workers, force=a.force, progress=not a.quiet, targets_per_task=a.block_size)
+        print(f"fit blocks: {res['done']} of {res['blocks']} written, {res['missing']} missing", file=sys.stderr)
+        for e in res["errors"]:
+            print(f"worker error: {e}", file=sys.stderr)
+        if res["fit"] is None:
+            print("run the same command again to solve what is missing", file=sys.stderr)
+            return 1
+        return _print_fit(run, res["fit"])
     from .regress import fit_store
 
-    run = open_run(a.run)
-    dm = fit_store(run.store(mode="r"), run.spec.fit, run.fit_path, progress=not a.quiet, force=a.force)
+    return _print_fit(run, fit_store(run.store(mode="r"), run.spec.fit, run.fit_path, progress=not a.quiet,
+                                     force=a.force))
+
+
+def _print_fit(run, dm) -> int:
     _print_json({"fit": str(run.fit_path), "n_train": int(dm.coef_.shape[0]), "n_targets": int(dm.coef_.shape[1]),
                  "median_lambda": float(_median(dm.lam_)), "median_nonzero": float(_median(dm.n_nonzero_))})
     return 0
+
+
+def _fit_slurm(run, a) -> int:
+    """`datamodels fit RUN --executor slurm`: submit the blocks of targets not written, wait, assemble."""
+    from .exec.fit import assemble, submit_fit, wait_fit
+
+    opts = _slurm_options(a)
+    res = submit_fit(run, opts, force=a.force, dry_run=a.dry_run)
+    if a.dry_run:
+        return _print_scripts(res["scripts"], opts)
+    p = res["plan"]
+    print(f"fit of {p.k} targets in {p.n_blocks} blocks of {p.block_targets}: {res['done']} written, "
+          f"{res['missing']} missing")
+    if res["arrays"]:
+        ids = [r["job_id"] for r in res["arrays"]]
+        print(f"submitted {res['submitted']} blocks in {res['tasks']} tasks as {len(ids)} job arrays "
+              f"({', '.join(ids)}); logs in {run.path / 'jobs' / 'logs'}")
+    if res["queued"]:
+        print(f"{res['queued']} missing blocks are in tasks still queued or running; not resubmitted")
+    if a.no_wait and res["missing"]:
+        return 0
+    if res["missing"]:
+        try:
+            st = wait_fit(run, p, poll=a.poll, progress=not a.quiet)
+        except KeyboardInterrupt:
+            print("stopped waiting; the jobs keep running: the same command without --force takes them up",
+                  file=sys.stderr)
+            return 130
+        print(f"fit blocks: {st['done']} of {st['blocks']} written, {st['missing']} missing")
+        if _ended_badly(run, st, "the missing blocks"):
+            return 1
+    return _print_fit(run, assemble(run, p))
 
 
 def _median(x) -> float:
@@ -550,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("--force", action="store_true", help="replace a fit made with other settings")
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--executor", default=None, choices=("local", "slurm"),
+                   help="spread the blocks of targets over local processes or SLURM array tasks "
+                        "(default: one process)")
+    s.add_argument("--workers", type=int, default=None, help="local worker processes (default: one per core)")
+    _add_slurm_arguments(s, block_size="targets per task, a multiple of the spec's fit.block_targets "
+                                       "(default: fit.block_targets, one block a task)")
     s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("eval", help="LDS on the held-out models")

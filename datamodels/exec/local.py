@@ -74,18 +74,49 @@ def run_local(run: Run, workers: int | None = None, progress: bool = True, max_r
     missing = store.missing()
     blocks = split_blocks(missing, spec.experiment.block_size)
     threads = spec.trainer.threads
-    workers = workers or default_workers(threads)
     bar = tqdm(total=store.n_models, initial=store.n_models - len(missing), desc="models", unit="model",
                disable=not progress, smoothing=0.1)
+
+    def left(blocks):
+        # rows finished before a crash are done and the workers skip them
+        done = store.done_mask()
+        return [b[~done[b]] for b in blocks]
+
+    def tick():
+        bar.n = int(store.done_mask().sum())
+        bar.refresh()
+
+    errors, restarts = run_pool(_work, str(run.path), blocks, workers or default_workers(threads), threads,
+                                left=left, tick=tick, max_restarts=max_restarts, what="models")
+    tick()
+    bar.close()
+    status = store.status()
+    # counted from the done flags: a block cut short by a crash wrote rows but returned nothing
+    status.update(written=status["done"] - (store.n_models - len(missing)), errors=errors, restarts=restarts)
+    return status
+
+
+def run_pool(work, run_path: str, blocks: list, workers: int, threads: int, *, left, tick=None,
+             max_restarts: int = 3, what: str = "units", torch: bool = True) -> tuple[list[str], int]:
+    """Run work(run_path, block) for every block on a spawned pool of `workers` processes.
+
+    `work` is a module-level function (it is pickled); each process has `threads`
+    BLAS threads, and as many torch threads unless `torch` is false (work that
+    never imports torch need not pay for it). A worker that dies breaks the pool: a fresh pool
+    takes the blocks not finished, cut down by left(blocks) -> blocks (what is
+    still to do of each), up to max_restarts times. tick() runs after each
+    finished block. Returns (errors: one line per failed block, restarts).
+    """
     errors, restarts = [], 0
     # spawn, not fork: zarr's event-loop thread and torch's pools do not survive fork
     ctx = mp.get_context("spawn")
     with _thread_env(threads):
         while blocks:
-            left, broken = [], False
-            with ProcessPoolExecutor(min(workers, len(blocks)), mp_context=ctx, initializer=_init_worker,
-                                     initargs=(threads,)) as pool:
-                pending = {pool.submit(_work, str(run.path), b): b for b in blocks}
+            failed, broken = [], False
+            with ProcessPoolExecutor(min(workers, len(blocks)), mp_context=ctx,
+                                     initializer=_init_worker if torch else None,
+                                     initargs=(threads,) if torch else ()) as pool:
+                pending = {pool.submit(work, run_path, b): b for b in blocks}
                 while pending:
                     finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for f in finished:
@@ -95,28 +126,20 @@ def run_local(run: Run, workers: int | None = None, progress: bool = True, max_r
                         except BrokenProcessPool:
                             # a worker died: every block not yet finished fails with this; retry them
                             broken = True
-                            left.append(b)
+                            failed.append(b)
                         except Exception as e:  # noqa: BLE001 - a failing block is reported, others go on
-                            errors.append(f"models {int(b[0])}..{int(b[-1])}: {type(e).__name__}: {e}")
-                    bar.n = int(store.done_mask().sum())
-                    bar.refresh()
+                            errors.append(f"{what} {int(b[0])}..{int(b[-1])}: {type(e).__name__}: {e}")
+                    if tick is not None:
+                        tick()
             if not broken:
                 break
             restarts += 1
             if restarts > max_restarts:
-                errors.append(f"worker processes died {restarts} times; {len(left)} blocks are left "
+                errors.append(f"worker processes died {restarts} times; {len(failed)} blocks are left "
                               "for the next run")
                 break
-            # rows finished before the crash are done and the workers skip them
-            done = store.done_mask()
-            blocks = [b[~done[b]] for b in left]
-            blocks = [b for b in blocks if len(b)]
-    bar.n = int(store.done_mask().sum())
-    bar.close()
-    status = store.status()
-    # counted from the done flags: a block cut short by a crash wrote rows but returned nothing
-    status.update(written=status["done"] - (store.n_models - len(missing)), errors=errors, restarts=restarts)
-    return status
+            blocks = [b for b in left(failed) if len(b)]
+    return errors, restarts
 
 
 @dataclass(frozen=True)

@@ -128,33 +128,61 @@ def squeue_tasks(job_ids, all_states: bool = False) -> list[dict]:
     return out
 
 
-# ---------------------------------------------------------------------- the store's jobs
-def _run_dir(store) -> Path:
-    return Path(store.path).parent
+# ---------------------------------------------------------------------- the jobs of a run
+class StoreJobs:
+    """The ledger of `run`'s training arrays: the store records them, a unit is a model.
+
+    A ledger is what submit and wait need to know of the work: ``run_dir`` (block
+    lists are named relative to it), ``jobs`` (the recorded arrays), ``add_jobs``
+    (driver only), ``done_mask()`` (bool[units]), ``unit`` (a word for messages) and
+    ``count_field`` (the job record's field that counts its units).
+    The spread fit has its own (:class:`datamodels.exec.fit.FitJobs`, a unit is a
+    block of targets).
+    """
+
+    unit = "model"
+    count_field = "models"
+
+    def __init__(self, store):
+        self.store = store
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.store.path).parent
+
+    @property
+    def jobs(self) -> list[dict]:
+        return self.store.jobs
+
+    def add_jobs(self, records: list[dict]) -> None:
+        self.store.add_jobs(records)
+
+    def done_mask(self) -> np.ndarray:
+        return self.store.done_mask()
 
 
-def _blocks_of(store, record: dict, cache: dict) -> list[str]:
+def _blocks_of(ledger, record: dict, cache: dict) -> list[str]:
     f = record["blocks"]
     if f not in cache:
         try:
-            cache[f] = json.loads((_run_dir(store) / f).read_text())["blocks"]
+            cache[f] = json.loads((ledger.run_dir / f).read_text())["blocks"]
         except (OSError, ValueError, KeyError):
             cache[f] = []
     return cache[f]
 
 
-def _task_indices(store, tasks: list[dict]) -> dict[str, list[tuple[dict, np.ndarray]]]:
-    """Tasks of this store's recorded jobs (matched by job id and name), with their model indices."""
+def _task_indices(ledger, tasks: list[dict]) -> dict[str, list[tuple[dict, np.ndarray]]]:
+    """Tasks of the ledger's recorded jobs (matched by job id and name), with their unit indices, by state."""
     from .blocks import parse_indices
 
-    records = {str(r["job_id"]): r for r in store.jobs}
+    records = {str(r["job_id"]): r for r in ledger.jobs}
     cache: dict = {}
     out: dict[str, list] = {}
     for t in tasks:
         rec = records.get(t["job_id"])
         if rec is None or t["name"] != rec.get("job_name"):  # a job id reused by another job
             continue
-        blocks = _blocks_of(store, rec, cache)
+        blocks = _blocks_of(ledger, rec, cache)
         if t["task"] is None:
             continue
         b = rec["offset"] + t["task"]
@@ -163,33 +191,38 @@ def _task_indices(store, tasks: list[dict]) -> dict[str, list[tuple[dict, np.nda
     return out
 
 
-def active_indices(store) -> np.ndarray:
-    """Model indices in this store's tasks that squeue lists as not ended."""
-    ids = [r["job_id"] for r in store.jobs]
+def active_units(ledger) -> np.ndarray:
+    """Unit indices (models, blocks of targets) in the ledger's tasks that squeue lists as not ended."""
+    ids = [r["job_id"] for r in ledger.jobs]
     if not ids or shutil.which("squeue") is None:
         return np.zeros(0, np.int64)
-    by_state = _task_indices(store, squeue_tasks(ids))
+    by_state = _task_indices(ledger, squeue_tasks(ids))
     parts = [idx for state, items in by_state.items() if state in ACTIVE for _, idx in items]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
-def job_states(store) -> dict:
-    """Counts for `datamodels status`: models not done in running and pending tasks, and ended-badly tasks.
+def active_indices(store) -> np.ndarray:
+    """Model indices in this store's tasks that squeue lists as not ended."""
+    return active_units(StoreJobs(store))
 
-    {} when the store has no SLURM jobs recorded; {"slurm": "..."} when squeue cannot answer.
+
+def unit_states(ledger) -> dict:
+    """Units not done in running and pending tasks, and tasks that ended badly with units left.
+
+    {} when the ledger has no SLURM jobs recorded; {"slurm": "..."} when squeue cannot answer.
     """
-    ids = [r["job_id"] for r in store.jobs]
+    ids = [r["job_id"] for r in ledger.jobs]
     if not ids:
         return {}
     if shutil.which("squeue") is None:
         return {"slurm": "squeue not on PATH"}
     try:
-        by_state = _task_indices(store, squeue_tasks(ids, all_states=True))
+        by_state = _task_indices(ledger, squeue_tasks(ids, all_states=True))
     except DatamodelsError as e:
         return {"slurm": str(e)}
-    done = store.done_mask()
+    done = ledger.done_mask()
 
-    def models(states) -> int:
+    def units(states) -> int:
         parts = [idx for s, items in by_state.items() if s in states for _, idx in items]
         if not parts:
             return 0
@@ -197,12 +230,17 @@ def job_states(store) -> dict:
         return int((~done[idx]).sum())
 
     return {
-        "running": models({"RUNNING", "CONFIGURING", "COMPLETING"}),
-        "pending": models(ACTIVE - {"RUNNING", "CONFIGURING", "COMPLETING"}),
-        # tasks that ended badly and left rows missing (a later resubmission may have done them since)
+        "running": units({"RUNNING", "CONFIGURING", "COMPLETING"}),
+        "pending": units(ACTIVE - {"RUNNING", "CONFIGURING", "COMPLETING"}),
+        # tasks that ended badly and left units missing (a later resubmission may have done them since)
         "failed_tasks": len(_failed_tasks(by_state, done)),
         "jobs": len(ids),
     }
+
+
+def job_states(store) -> dict:
+    """Counts for `datamodels status`: models not done in running and pending tasks, and ended-badly tasks."""
+    return unit_states(StoreJobs(store))
 
 
 def _failed_tasks(by_state: dict, done: np.ndarray) -> list[dict]:
@@ -243,15 +281,30 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
     store = run.store()
     store.require_trainable()
     spec = store.spec
+    ledger = StoreJobs(store)
     # live tasks first, then the done flags: a task ending in between has its rows done by then
-    queued = active_indices(store) if not dry_run else np.zeros(0, np.int64)
+    queued = active_units(ledger) if not dry_run else np.zeros(0, np.int64)
     missing = store.missing()
     todo = np.setdiff1d(missing, queued)
-    result = {"name": None, "models": int(len(todo)), "tasks": 0, "arrays": [], "scripts": [],
-              "queued": int(len(np.intersect1d(missing, queued)))}
-    if len(todo) == 0:
-        return result
     blocks = split_blocks(todo, opts.block_size or spec.experiment.block_size)
+    res = submit_blocks(run, ledger, blocks, opts, job_name=f"dm-{spec.experiment.name}-{spec.hash()[:8]}",
+                        threads=spec.trainer.threads,
+                        header={"store": str(store.path.resolve()), "spec_hash": spec.hash()}, dry_run=dry_run)
+    return {**res, "models": int(len(todo)), "queued": int(len(np.intersect1d(missing, queued)))}
+
+
+def submit_blocks(run: Run, ledger, blocks: list[np.ndarray], opts: SlurmOptions, *, job_name: str, threads: int,
+                  header: dict, record: dict | None = None, dry_run: bool = False) -> dict:
+    """Submit `blocks` (unit indices, one array task each) as job arrays and record them in the ledger.
+
+    Writes ``RUN/jobs/NAME.json`` ({**header, "blocks": [...]}: what ``datamodels
+    worker --blocks`` reads) and one script per array of at most MaxArraySize
+    tasks. `record`: fields added to each job record. Returns {"name", "tasks",
+    "arrays": [record...], "scripts": [paths]}; nothing is submitted on a dry run.
+    """
+    result = {"name": None, "tasks": 0, "arrays": [], "scripts": []}
+    if not blocks:
+        return result
     max_size = opts.max_array_size or cluster_max_array_size()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{stamp}-{uuid.uuid4().hex[:6]}"
@@ -259,13 +312,10 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
     log_dir = jobs_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     blocks_file = jobs_dir / f"{name}.json"
-    write_json(blocks_file, {"store": str(store.path.resolve()), "spec_hash": spec.hash(),
-                             "blocks": [format_indices(b) for b in blocks]})
+    write_json(blocks_file, {**header, "blocks": [format_indices(b) for b in blocks]})
     template = Path(opts.template or job_file("slurm_array.sbatch"))
     if not template.is_file():
         raise DatamodelsError(f"sbatch template {str(template)!r} does not exist; pass --template.")
-    job_name = f"dm-{spec.experiment.name}-{spec.hash()[:8]}"
-    threads = spec.trainer.threads
     records = []
     for a, (offset, count) in enumerate(plan_arrays(len(blocks), max_size)):
         array = f"0-{count - 1}" + (f"%{opts.max_running}" if opts.max_running else "")
@@ -284,43 +334,45 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
         r = _slurm("sbatch", "--parsable", *opts.extra, str(path), check=False)
         if r.returncode != 0:
             if records:  # what was submitted before is running: keep its record
-                store.add_jobs(records)
+                ledger.add_jobs(records)
             err = (r.stderr or r.stdout).strip().splitlines()
             raise DatamodelsError(f"sbatch refused array {a} of {name} ({err[-1] if err else r.returncode}).")
         job_id = r.stdout.strip().split(";")[0]
-        n_models = int(sum(len(b) for b in blocks[offset:offset + count]))
+        n_units = int(sum(len(b) for b in blocks[offset:offset + count]))
         records.append({"job_id": job_id, "job_name": job_name, "blocks": f"jobs/{name}.json",
-                        "offset": offset, "tasks": count, "models": n_models,
+                        "offset": offset, "tasks": count, ledger.count_field: n_units, **(record or {}),
                         "submitted_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
     if records:
-        store.add_jobs(records)
+        ledger.add_jobs(records)
     result.update(name=name, tasks=len(blocks), arrays=records)
     return result
 
 
-def _ours(store, tasks: list[dict]) -> list[dict]:
-    """The tasks that belong to this store's recorded jobs (a job id can be reused by another job)."""
-    names = {str(r["job_id"]): r.get("job_name") for r in store.jobs}
+def _ours(ledger, tasks: list[dict]) -> list[dict]:
+    """The tasks that belong to the ledger's recorded jobs (a job id can be reused by another job)."""
+    names = {str(r["job_id"]): r.get("job_name") for r in ledger.jobs}
     return [t for t in tasks if names.get(t["job_id"]) == t["name"]]
 
 
-def wait(run: Run, job_ids=None, poll: float = 5.0, progress: bool = True, timeout: float | None = None) -> dict:
-    """Poll squeue until the jobs (default: all recorded) have no task left that could write rows.
+def wait_jobs(ledger, job_ids=None, poll: float = 5.0, progress: bool = True, timeout: float | None = None,
+              desc: str | None = None) -> dict:
+    """Poll squeue until the jobs (default: all the ledger records) have no task left that could write.
 
-    Returns the store's status plus "active_tasks" (non-zero only after a
-    timeout) and "ended_badly" (tasks squeue still lists as failed, cancelled,
-    timed out...).
+    A tqdm bar counts done units, with the running and pending tasks. Returns
+    {"active_tasks": non-zero only after a timeout, "ended_badly": ["JOB_TASK STATE", ...]
+    for tasks squeue still lists as failed, cancelled, timed out... with units left}.
     """
     from tqdm.auto import tqdm
 
-    store = run.store(mode="r")
-    job_ids = [str(j) for j in (job_ids if job_ids is not None else [r["job_id"] for r in store.jobs])]
-    bar = tqdm(total=store.n_models, desc="models", unit="model", disable=not progress, smoothing=0.1)
+    job_ids = [str(j) for j in (job_ids if job_ids is not None else [r["job_id"] for r in ledger.jobs])]
+    done = ledger.done_mask()
+    bar = tqdm(total=len(done), desc=desc or f"{ledger.unit}s", unit=ledger.unit, disable=not progress,
+               smoothing=0.1)
     t0 = time.time()
     try:
         while True:
-            tasks = [t for t in _ours(store, squeue_tasks(job_ids)) if t["state"] in ACTIVE]
-            bar.n = int(store.done_mask().sum())
+            tasks = [t for t in _ours(ledger, squeue_tasks(job_ids)) if t["state"] in ACTIVE]
+            bar.n = int(ledger.done_mask().sum())
             bar.set_postfix(running=sum(t["state"] == "RUNNING" for t in tasks),
                             pending=sum(t["state"] == "PENDING" for t in tasks), refresh=False)
             bar.refresh()
@@ -331,11 +383,20 @@ def wait(run: Run, job_ids=None, poll: float = 5.0, progress: bool = True, timeo
             time.sleep(poll)
     finally:
         bar.close()
-    st = store.status()
-    st["active_tasks"] = len(tasks)
-    failed = _failed_tasks(_task_indices(store, squeue_tasks(job_ids, all_states=True)), store.done_mask())
-    st["ended_badly"] = [f"{t['job_id']}_{t['task']} {t['state']}" for t in failed]
-    return st
+    failed = _failed_tasks(_task_indices(ledger, squeue_tasks(job_ids, all_states=True)), ledger.done_mask())
+    return {"active_tasks": len(tasks), "ended_badly": [f"{t['job_id']}_{t['task']} {t['state']}" for t in failed]}
+
+
+def wait(run: Run, job_ids=None, poll: float = 5.0, progress: bool = True, timeout: float | None = None) -> dict:
+    """Poll squeue until the jobs (default: all recorded) have no task left that could write rows.
+
+    Returns the store's status plus "active_tasks" (non-zero only after a
+    timeout) and "ended_badly" (tasks squeue still lists as failed, cancelled,
+    timed out...).
+    """
+    store = run.store(mode="r")
+    res = wait_jobs(StoreJobs(store), job_ids, poll, progress, timeout)
+    return {**store.status(), **res}
 
 
 @dataclass(frozen=True)
@@ -354,5 +415,6 @@ class SlurmExecutor:
 
 
 # ---------------------------------------------------------------------- the CLI's part
-__all__ = ["SlurmExecutor", "SlurmOptions", "job_states", "submit", "wait", "squeue_tasks", "plan_arrays", "cluster_max_array_size",
-           "active_indices"]
+__all__ = ["SlurmExecutor", "SlurmOptions", "StoreJobs", "job_states", "unit_states", "submit", "submit_blocks",
+           "wait", "wait_jobs", "squeue_tasks", "plan_arrays", "cluster_max_array_size", "active_indices",
+           "active_units"]

@@ -77,15 +77,54 @@ def run_block(run: Run, indices, progress: bool = False) -> int:
     return written
 
 
-def block_indices(blocks_file, task: int) -> np.ndarray:
-    """int64[b]: block `task` of a block list written by the SLURM executor (RUN/jobs/NAME.json)."""
+def read_block_list(blocks_file) -> dict:
+    """A block list written by the SLURM executor (RUN/jobs/NAME.json): {"blocks": [...], ...}."""
     import json
 
     try:
         data = json.loads(Path(blocks_file).read_text())
-        blocks = data["blocks"] if isinstance(data, dict) else list(data)
+        data = data if isinstance(data, dict) else {"blocks": list(data)}
+        if not isinstance(data["blocks"], list):
+            raise TypeError("blocks is not a list")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise DatamodelsError(f"--blocks file {str(blocks_file)!r} is not a readable block list ({e}).") from None
+    return data
+
+
+def block_indices(blocks_file, task: int, data: dict | None = None) -> np.ndarray:
+    """int64[b]: block `task` of a block list written by the SLURM executor (RUN/jobs/NAME.json)."""
+    blocks = (data or read_block_list(blocks_file))["blocks"]
     if not 0 <= task < len(blocks):
         raise DatamodelsError(f"block = {task} is outside the {len(blocks)} blocks of {str(blocks_file)!r}.")
     return parse_indices(blocks[task], "block")
+
+
+def fit_blocks(run: Run, blocks, progress: bool = False) -> int:
+    """Solve these blocks of targets of the spread fit's recorded plan, each into its own file in
+    RUN/fit/ (:func:`datamodels.regress.fit_store.fit_parts`). Returns blocks written."""
+    from ..regress.fit_store import FitParts, fit_parts
+
+    return fit_parts(run.store(mode="r"), FitParts.of_run(run.path), blocks, progress=progress)
+
+
+def fit_task(run: Run, blocks_file, task: int, data: dict | None = None) -> tuple[int, str]:
+    """One array task of a spread fit: solve its blocks of targets. (exit code, a line to print).
+
+    Refuses, in one sentence, a block list made for another plan than the one
+    recorded now (the fit was planned again with --force since it was submitted).
+    """
+    from ..regress.fit_store import FitParts
+
+    data = data or read_block_list(blocks_file)
+    blocks = block_indices(blocks_file, task, data)
+    parts = FitParts.of_run(run.path)
+    plan = parts.plan()
+    if plan is None or plan.get("sha") != data.get("plan"):
+        raise DatamodelsError(f"--blocks file {str(blocks_file)!r} belongs to fit plan {data.get('plan')!r}, not "
+                              f"the one in {str(parts.plan_path)!r}; the fit was planned again since.")
+    n = fit_blocks(run, blocks)
+    left = np.flatnonzero(~parts.written(plan["sha"], int(plan["n_blocks"]))[blocks])
+    msg = f"wrote {n} blocks of targets; {len(blocks) - len(left)} of {len(blocks)} blocks of this task are written"
+    if len(left):
+        return 1, f"error: {msg}; block {int(blocks[left[0]])} is not"
+    return 0, msg

@@ -1,4 +1,4 @@
-"""Fit datamodels straight from an experiment store, resumably.
+"""Fit datamodels straight from an experiment store, resumably, in one process or spread over many.
 
 The rows used are the done models with index < n_models - holdout (the held-out
 models are kept for LDS), in index order; the last share of them chooses
@@ -6,20 +6,40 @@ lambda. Results are written to a zarr group one block of targets at a time
 (see :mod:`datamodels.regress.storage`), so an interrupted fit continues from
 its last finished block. An existing fit is reused when its settings match and
 refused (unless ``force``) when they do not.
+
+A fit spread over processes or SLURM array tasks (:mod:`datamodels.exec.fit`)
+splits the same blocks of targets between tasks. Its files, in ``RUN/fit/``::
+
+    plan.json                    the fit spec, the settings (with their sha) and the rows, fixed by the driver
+    block-00003-<sha>.npz        block 3's arrays, written atomically by the task that solved it
+    jobs.json                    the SLURM arrays submitted for this plan (driver only)
+
+Every task reads the masks once and computes the moments of all targets (the
+same code and the same rows as the one-process fit, so its blocks are
+bit-for-bit the one-process fit's), then solves its own blocks only. A block
+counts once its file exists; :func:`assemble_parts` writes the finished blocks
+into the usual fit group, which ``query``, ``eval`` and ``report`` read.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+import shutil
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import DatamodelsError
+from ..io import save_npz, write_json
 from .estimator import Datamodels, FittedArrays
-from .storage import blocks_done, create_fit, open_fit, read_arrays, write_block
+from .storage import ARRAYS, blocks_done, create_fit, open_fit, read_arrays, write_block
 
 READ_BLOCK = 4096  # rows read from the store at once: bounds memory, amortises zarr's per-call cost
+# Datamodels settings a fit spec may carry beyond the ones every spec has (passed through when present)
+OPTIONAL_SETTINGS = ("estimator", "solver", "dtype")
 
 
 def exclude_self_for(store) -> np.ndarray:
@@ -34,6 +54,10 @@ def exclude_self_for(store) -> np.ndarray:
     return ex
 
 
+def rows_sha(idx: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()[:16]
+
+
 def fit_settings(store, fit_spec, idx: np.ndarray, est: Datamodels, exclude: np.ndarray | None) -> dict[str, Any]:
     s = est.settings()
     s.update({
@@ -45,9 +69,109 @@ def fit_settings(store, fit_spec, idx: np.ndarray, est: Datamodels, exclude: np.
         "n_targets": int(store.n_targets),
         "n_rows": int(len(idx)),
         # the done rows change while workers run: a fit is only reused on the same rows
-        "rows_sha": hashlib.sha256(np.ascontiguousarray(idx, dtype=np.int64).tobytes()).hexdigest()[:16],
+        "rows_sha": rows_sha(idx),
     })
     return s
+
+
+@dataclasses.dataclass(frozen=True)
+class FitPlan:
+    """What a fit of a store solves: rows idx int64[m] (store rows, in order), the estimator, its settings."""
+
+    idx: np.ndarray
+    est: Datamodels
+    exclude: np.ndarray | None
+    settings: dict
+    n: int
+    k: int
+
+    @property
+    def m(self) -> int:
+        return len(self.idx)
+
+    @property
+    def block_targets(self) -> int:
+        return int(self.est.block_targets)
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.k // self.block_targets)
+
+    @property
+    def sha(self) -> str:
+        """Identity of the settings (rows included): part files of another plan never mix in."""
+        return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+
+    def rows(self, store) -> Callable:
+        """rows(lo, hi): (masks, margins) of the fit's rows lo..hi-1, READ_BLOCK at a time."""
+        idx = self.idx
+
+        def rows(lo: int, hi: int):
+            for s in range(lo, hi, READ_BLOCK):
+                yield store.read(idx[s:min(hi, s + READ_BLOCK)])
+        return rows
+
+
+def plan_fit(store, fit_spec, *, idx=None, progress: bool = False, xp=None) -> FitPlan:
+    """The rows, estimator and settings of a fit of `store` (fit_spec: datamodels.spec.Fit).
+
+    idx: the rows to use (a spread fit's tasks take the driver's); default: the
+    done rows below n_models - holdout. Refuses, in one sentence, too few rows
+    (damaged rows: :func:`check_rows`).
+    """
+    cutoff = store.n_models - int(fit_spec.holdout)
+    if idx is None:
+        idx = np.flatnonzero(store.done_mask()[:max(cutoff, 0)])
+    idx = np.asarray(idx, dtype=np.int64)
+    use_excl = bool(getattr(fit_spec, "exclude_self", True))
+    exclude = exclude_self_for(store) if use_excl else None
+    if exclude is not None and not (exclude >= 0).any():
+        exclude = None
+    extra = {f: getattr(fit_spec, f) for f in OPTIONAL_SETTINGS if hasattr(fit_spec, f)}
+    est = Datamodels(n_lambdas=fit_spec.n_lambdas, lambda_ratio=fit_spec.lambda_ratio,
+                     val_fraction=fit_spec.val_fraction, max_iter=fit_spec.max_iter, tol=fit_spec.tol,
+                     exclude_self=exclude, xp=xp, block_targets=int(getattr(fit_spec, "block_targets", 1024)),
+                     progress=progress, patience=int(getattr(fit_spec, "patience", 5)) or None, **extra)
+    est.validate()
+    if len(idx) < 3:
+        raise DatamodelsError(f"done models below index {cutoff} = {len(idx)}; the fit needs at least 3 "
+                              "(run more models).")
+    est.n_val(len(idx))  # enough training and validation rows, or one sentence
+    settings = fit_settings(store, fit_spec, idx, est, exclude)
+    return FitPlan(idx, est, exclude, settings, int(store.n_train), int(store.n_targets))
+
+
+def check_rows(store, idx: np.ndarray) -> None:
+    """One sentence if a done row among idx has NaN margins (a damaged or deleted chunk): it would
+    poison every target's moments."""
+    bad = store.bad_rows(idx)
+    if len(bad):
+        raise DatamodelsError(
+            f"done rows {_index_list(bad)} have missing or non-finite margins (or an empty mask); "
+            "run `datamodels status RUN --reset-bad` to mark them not done and `datamodels run RUN` "
+            "to train them again.")
+
+
+def _existing_fit(out_path, settings: dict, force: bool):
+    """The fit group at out_path if it was made with these settings; None if there is none (or, with
+    force, one made with other settings: removed). Without force, other settings are one sentence."""
+    g = open_fit(out_path)
+    if g is None:
+        return None
+    old = dict(g.attrs.get("settings", {}))
+    diffs = [f for f in sorted(set(old) | set(settings)) if old.get(f) != settings.get(f)]
+    if not diffs:
+        return g
+    if not force:
+        f = diffs[0]
+        raise DatamodelsError(
+            f"fit {str(out_path)!r} was made with {f} = {old.get(f)!r}, not {settings.get(f)!r}; "
+            "pass force (--force) to refit.")
+    return None
+
+
+def _complete(g) -> bool:
+    return bool(g is not None and g.attrs.get("complete") and blocks_done(g).all())
 
 
 def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = False, *,
@@ -57,61 +181,192 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
     store: datamodels.store.Store; fit_spec: datamodels.spec.Fit. `on_block(b, targets)`
     is called after block b's results are durably written (progress hooks, tests).
     """
-    cutoff = store.n_models - int(fit_spec.holdout)
-    idx = np.flatnonzero(store.done_mask()[:max(cutoff, 0)])
-    use_excl = bool(getattr(fit_spec, "exclude_self", True))
-    exclude = exclude_self_for(store) if use_excl else None
-    if exclude is not None and not (exclude >= 0).any():
-        exclude = None
-    est = Datamodels(n_lambdas=fit_spec.n_lambdas, lambda_ratio=fit_spec.lambda_ratio,
-                     val_fraction=fit_spec.val_fraction, max_iter=fit_spec.max_iter, tol=fit_spec.tol,
-                     exclude_self=exclude, xp=xp, block_targets=int(getattr(fit_spec, "block_targets", 1024)),
-                     progress=progress, patience=int(getattr(fit_spec, "patience", 5)) or None)
-    est.validate()
-    m = len(idx)
-    if m < 3:
-        raise DatamodelsError(f"done models below index {cutoff} = {m}; the fit needs at least 3 (run more models).")
-    n_val = est.n_val(m)
-    settings = fit_settings(store, fit_spec, idx, est, exclude)
-    g = open_fit(out_path)
-    if g is not None:
-        old = dict(g.attrs.get("settings", {}))
-        diffs = [f for f in sorted(set(old) | set(settings)) if old.get(f) != settings.get(f)]
-        if diffs and not force:
-            f = diffs[0]
-            raise DatamodelsError(
-                f"fit {str(out_path)!r} was made with {f} = {old.get(f)!r}, not {settings.get(f)!r}; "
-                "pass force (--force) to refit.")
-        if diffs:
-            g = None
-        elif g.attrs.get("complete") and blocks_done(g).all():
-            return Datamodels.load(out_path)
-    # a done row with NaN margins (a damaged or deleted chunk) would poison every target's moments
-    bad = store.bad_rows(idx)
-    if len(bad):
-        raise DatamodelsError(
-            f"done rows {_index_list(bad)} have missing or non-finite margins (or an empty mask); "
-            "run `datamodels status RUN --reset-bad` to mark them not done and `datamodels run RUN` "
-            "to train them again.")
-    L, k, n = int(fit_spec.n_lambdas), store.n_targets, store.n_train
+    plan = plan_fit(store, fit_spec, progress=progress, xp=xp)
+    g = _existing_fit(out_path, plan.settings, force)
+    if _complete(g):
+        return Datamodels.load(out_path)
+    check_rows(store, plan.idx)
     if g is None:
-        g = create_fit(out_path, n, k, L, est.block_targets, settings)
+        g = create_fit(out_path, plan.n, plan.k, int(fit_spec.n_lambdas), plan.block_targets, plan.settings)
     done = blocks_done(g)
     prior = FittedArrays.from_stored(read_arrays(g))
-
-    def rows(lo: int, hi: int):
-        for s in range(lo, hi, READ_BLOCK):
-            yield store.read(idx[s:min(hi, s + READ_BLOCK)])
 
     def written(b: int, sl: slice, res: FittedArrays) -> None:
         write_block(g, b, sl, res.stored())
         if on_block is not None:
             on_block(b, sl)
 
-    est.fit_rows(rows, m, n_val, n, k, exclude, blocks_done=lambda b: bool(done[b]), on_block=written,
-                 prior=prior, settings=settings)
+    est = plan.est
+    est.fit_rows(plan.rows(store), plan.m, est.n_val(plan.m), plan.n, plan.k, plan.exclude,
+                 blocks_done=lambda b: bool(done[b]), on_block=written, prior=prior, settings=plan.settings)
     g.attrs["complete"] = True
     return est
+
+
+# ---------------------------------------------------------------------- a fit spread over tasks
+class FitParts:
+    """``RUN/fit/``: a spread fit's plan, its finished blocks (one file each) and its SLURM jobs."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+
+    @classmethod
+    def of_run(cls, run_path) -> "FitParts":
+        return cls(Path(run_path) / "fit")
+
+    @property
+    def plan_path(self) -> Path:
+        return self.root / "plan.json"
+
+    def plan(self) -> dict | None:
+        """The recorded plan ({"sha", "settings", "fit_spec", "rows", "n_blocks", ...}) or None."""
+        try:
+            return json.loads(self.plan_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise DatamodelsError(f"fit plan {str(self.plan_path)!r} is not readable ({e}); "
+                                  "pass --force to plan the fit again.") from None
+
+    def block_path(self, b: int, sha: str) -> Path:
+        return self.root / f"block-{b:05d}-{sha}.npz"
+
+    def written(self, sha: str, n_blocks: int) -> np.ndarray:
+        """bool[n_blocks]: the blocks of plan `sha` whose file exists."""
+        have = {p.name for p in self.root.glob(f"block-*-{sha}.npz")} if self.root.is_dir() else set()
+        return np.array([self.block_path(b, sha).name in have for b in range(n_blocks)], dtype=bool)
+
+    def clear_blocks(self) -> None:
+        for p in self.root.glob("block-*.npz"):
+            p.unlink(missing_ok=True)
+
+    # the SLURM arrays of the current plan, recorded by the driver (one writer: an atomic rewrite)
+    @property
+    def jobs_path(self) -> Path:
+        return self.root / "jobs.json"
+
+    def jobs(self, sha: str | None = None) -> list[dict]:
+        try:
+            records = json.loads(self.jobs_path.read_text())
+        except (OSError, ValueError):
+            return []
+        return [r for r in records if sha is None or r.get("plan") == sha]
+
+    def add_jobs(self, records: list[dict]) -> None:
+        write_json(self.jobs_path, self.jobs() + list(records), indent=1)
+
+
+def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = False,
+                  progress: bool = False) -> tuple[FitPlan, np.ndarray]:
+    """Plan a spread fit (or take up the one recorded); returns (plan, done bool[n_blocks]).
+
+    A fit or a plan made with other settings is refused in one sentence unless
+    `force`, which removes it. See :func:`blocks_finished` for `done`.
+    """
+    plan = plan_fit(store, fit_spec, progress=progress)
+    g = _existing_fit(out_path, plan.settings, force)
+    if g is None and open_fit(out_path) is not None:  # forced: the old fit goes now, not at assembly
+        shutil.rmtree(out_path)
+    if _complete(g):
+        return plan, np.ones(plan.n_blocks, dtype=bool)
+    check_rows(store, plan.idx)
+    old = parts.plan()
+    if old is not None and old.get("sha") != plan.sha:
+        was = old.get("settings", {})
+        diffs = [f for f in sorted(set(was) | set(plan.settings)) if was.get(f) != plan.settings.get(f)]
+        if not force:
+            f = diffs[0] if diffs else "settings"
+            raise DatamodelsError(
+                f"the spread fit in {str(parts.root)!r} was planned with {f} = {was.get(f)!r}, not "
+                f"{plan.settings.get(f)!r}; pass --force to plan it again (its finished blocks are dropped).")
+        parts.clear_blocks()
+        old = None
+    if old is None:
+        write_json(parts.plan_path, {
+            "sha": plan.sha, "settings": plan.settings, "fit_spec": dataclasses.asdict(fit_spec),
+            "n_blocks": plan.n_blocks, "block_targets": plan.block_targets, "n_targets": plan.k,
+            "rows": [int(i) for i in plan.idx]})
+    return plan, blocks_finished(plan, out_path, parts)
+
+
+def blocks_finished(plan: FitPlan, out_path, parts: FitParts) -> np.ndarray:
+    """bool[n_blocks]: blocks whose part file exists, or that the fit group at out_path holds (made
+    with the same settings: a one-process fit that was interrupted)."""
+    done = parts.written(plan.sha, plan.n_blocks)
+    g = open_fit(out_path)
+    if g is not None and dict(g.attrs.get("settings", {})) == plan.settings:
+        done |= blocks_done(g)
+    return done
+
+
+def recorded_plan(store, parts: FitParts, progress: bool = False) -> FitPlan:
+    """The driver's plan, rebuilt in a task from plan.json; one sentence if the store changed since."""
+    from ..spec import Fit
+
+    rec = parts.plan()
+    if rec is None:
+        raise DatamodelsError(f"no fit plan at {str(parts.plan_path)!r}; start the fit with "
+                              "`datamodels fit RUN --executor ...`.")
+    fit_spec = Fit(**{f.name: rec["fit_spec"][f.name] for f in dataclasses.fields(Fit) if f.name in rec["fit_spec"]})
+    plan = plan_fit(store, fit_spec, idx=np.asarray(rec["rows"], dtype=np.int64), progress=progress)
+    if plan.sha != rec["sha"]:
+        f = next((f for f in sorted(plan.settings) if rec["settings"].get(f) != plan.settings.get(f)), "settings")
+        raise DatamodelsError(f"the fit plan {str(parts.plan_path)!r} was made with {f} = "
+                              f"{rec['settings'].get(f)!r}, but this store and package give "
+                              f"{plan.settings.get(f)!r}; plan the fit again (--force).")
+    return plan
+
+
+def fit_parts(store, parts: FitParts, blocks, progress: bool = False,
+              on_block: Callable[[int], None] | None = None) -> int:
+    """Solve the blocks of targets `blocks` of the recorded plan not yet written, each into its own file.
+
+    One pass over the masks computes the moments of every target, exactly as the
+    one-process fit does; then only these blocks are solved. Returns blocks written.
+    """
+    plan = recorded_plan(store, parts, progress=progress)
+    blocks = np.asarray(blocks, dtype=np.int64)
+    if len(blocks) and (blocks.min() < 0 or blocks.max() >= plan.n_blocks):
+        bad = int(blocks[(blocks < 0) | (blocks >= plan.n_blocks)][0])
+        raise DatamodelsError(f"block = {bad} is outside the fit's {plan.n_blocks} blocks of targets.")
+    written = parts.written(plan.sha, plan.n_blocks)
+    todo = {int(b) for b in blocks if not written[b]}
+    if not todo:
+        return 0
+    count = []
+
+    def save(b: int, sl: slice, res: FittedArrays) -> None:
+        save_npz(parts.block_path(b, plan.sha), **res.stored(), targets=np.array([sl.start, sl.stop]))
+        count.append(b)
+        if on_block is not None:
+            on_block(b)
+
+    est = plan.est
+    est.fit_rows(plan.rows(store), plan.m, est.n_val(plan.m), plan.n, plan.k, plan.exclude,
+                 blocks_done=lambda b: b not in todo, on_block=save, settings=plan.settings)
+    return len(count)
+
+
+def assemble_parts(plan: FitPlan, out_path, parts: FitParts) -> Datamodels:
+    """Write every finished block into the fit group at out_path (made if need be), mark it complete.
+
+    Refuses, in one sentence naming the first, blocks that are neither in the
+    group nor written. The part files are removed once the group is complete.
+    """
+    done = blocks_finished(plan, out_path, parts)
+    if not done.all():
+        raise DatamodelsError(f"blocks {_index_list(np.flatnonzero(~done))} of the fit are not written yet; "
+                              "run the fit again to solve them.")
+    g = _existing_fit(out_path, plan.settings, force=False)
+    if g is None:
+        g = create_fit(out_path, plan.n, plan.k, int(plan.settings["n_lambdas"]), plan.block_targets, plan.settings)
+    for b in np.flatnonzero(~blocks_done(g)):
+        with np.load(parts.block_path(int(b), plan.sha)) as z:
+            lo, hi = (int(x) for x in z["targets"])
+            write_block(g, int(b), slice(lo, hi), {a: z[a] for a in ARRAYS})
+    g.attrs["complete"] = True
+    parts.clear_blocks()
+    return Datamodels.load(out_path)
 
 
 def _index_list(idx: np.ndarray, most: int = 5) -> str:
