@@ -215,6 +215,40 @@ def test_compute_multiplier():
     assert compute_multiplier(0.55, 50, [50, 100, 200, 400], [0.4, 0.6, 0.5, 0.7])["random_size"] < 100
 
 
+def test_refresh_drops_an_example_whose_help_the_subset_already_has():
+    from datamodels.select.refresh import dsdm_refresh, perturbations
+
+    # the true mean margin: every example helps a little, A = 0 and B = 1 a lot each but not together (A and B
+    # teach the same thing). Random halves see A's average effect 2 - 3 * 0.5 = 0.5, the largest, so DsDm
+    # takes both; next to a subset that holds B, A is worth 2 - 3 = -1, and the refresh swaps one of them out.
+    n, k = 40, 10
+    w = np.linspace(0.3, 0.1, n)
+    w[:2] = 2.0
+
+    def truth(masks):
+        m = np.asarray(masks, dtype=np.float64)
+        return m @ w - 3.0 * m[:, 0] * m[:, 1]
+
+    global_w = w.copy()
+    global_w[:2] = 0.5
+    calls = []
+
+    def train(masks, first):
+        calls.append((len(masks), first))
+        return np.stack([truth(masks), truth(masks)], axis=1)  # two targets with the same margin
+
+    ctx = SelectionContext(TargetObjective(np.stack([global_w, global_w], axis=1), np.zeros(2)), train=train, seed=3)
+    dsdm = select_by_margin(ctx.objective, k)
+    refreshed = dsdm_refresh(ctx, k)[0]
+    assert dsdm[0] and dsdm[1] and refreshed.sum() == k
+    assert refreshed[0] + refreshed[1] == 1 and truth(refreshed[None])[0] > truth(dsdm[None])[0] + 0.5
+    assert calls[0] == (100, 0) and all(c[1] == 100 * i for i, c in enumerate(calls))  # seeds offset by round
+    p = perturbations(dsdm, 5, 0.1, seed=0, first=0)
+    assert (p.sum(1) == k).all() and ((p & ~dsdm).sum(1) == 1).all()  # same size, one example swapped
+    with pytest.raises(DatamodelsError, match="needs to train models"):
+        dsdm_refresh(SelectionContext(ctx.objective), k)
+
+
 def test_effective_robustness_and_line_or_curve_in_probit_space():
     from scipy.stats import norm
 
@@ -355,12 +389,15 @@ def test_do_no_harm_keeps_a_clearly_better_subset_and_replaces_a_clearly_worse_o
     assert res["protocol"]["guard"]["looks"] == [3, 6, 12, 24] and res["protocol"]["guard"]["most"] == 24
 
 
-def test_bootstrap_selection_end_to_end(sources_run, tmp_path):
+def test_bootstrap_and_refresh_selection_end_to_end(sources_run, tmp_path):
     from datamodels.select import select_subsets
 
-    res = select_subsets(sources_run, "target", 60, ["datamodels", "datamodels_bootstrap"], retrain=0, out=tmp_path,
-                         progress=False, guard_retrain=0)
+    res = select_subsets(sources_run, "target", 60, ["datamodels", "datamodels_bootstrap", "datamodels_refresh"],
+                         retrain=0, out=tmp_path, progress=False, guard_retrain=0)
     masks = np.load(res["masks"])
+    # the refresh trained its models through the retraining cache and swapped some of DsDm's choice
+    assert masks["datamodels_refresh"].sum() == 60
+    assert 30 <= (masks["datamodels"] & masks["datamodels_refresh"]).sum() < 60
     assert masks["datamodels_bootstrap"].shape == (1, 200) and masks["datamodels_bootstrap"].sum() == 60
     # the lower bound keeps much of DsDm's choice but not all of it
     overlap = (masks["datamodels"] & masks["datamodels_bootstrap"]).sum()

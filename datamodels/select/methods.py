@@ -34,8 +34,11 @@ METHODS = ("datamodels", "datamodels_acc", "random", "balanced", "similarity", "
 # search on the worst target group's (CVaR's) smooth predicted accuracy; classifier: the pool examples a
 # target-vs-pool classifier finds most target-like; dedup: random after removing near-duplicates;
 # oracle: the target's own mix of groups, random within each (it knows the group column);
-# datamodels_bootstrap: DsDm's score less its standard error from a bootstrap of the fit (select/bootstrap.py).
-EXTRA_METHODS = ("datamodels_sources", "datamodels_groups", "datamodels_bootstrap", "classifier", "dedup", "oracle")
+# datamodels_bootstrap: DsDm's score less its standard error from a bootstrap of the fit (select/bootstrap.py);
+# datamodels_refresh: local datamodels fitted on models trained around the current subset, swap, repeat
+# (select/refresh.py).
+EXTRA_METHODS = ("datamodels_sources", "datamodels_groups", "datamodels_bootstrap", "datamodels_refresh",
+                 "classifier", "dedup", "oracle")
 ALL_METHODS = METHODS + EXTRA_METHODS
 RANDOMISED = ("random", "balanced", "datamodels_sources", "dedup", "oracle")  # a fresh draw per retrained model
 REFERENCES = ("random", "balanced", "full")  # what do-no-harm compares with
@@ -49,6 +52,7 @@ for _name, _path in {
     "datamodels_sources": "datamodels.select.groups:source_mix",
     "datamodels_groups": "datamodels.select.groups:worst_group",
     "datamodels_bootstrap": "datamodels.select.bootstrap:dsdm_bootstrap",
+    "datamodels_refresh": "datamodels.select.refresh:dsdm_refresh",
     "random": "datamodels.select.baselines:random_method",
     "balanced": "datamodels.select.baselines:balanced_method",
     "similarity": "datamodels.select.baselines:similarity_method",
@@ -69,7 +73,8 @@ class SelectionContext:
     group_column / source_column: the metadata columns naming groups and sources;
     rows: a callable returning the fit's :class:`~datamodels.select.bootstrap.FitRows` for the selection
     targets (read only when a method asks, through :meth:`fit_rows`); cache_dir: where a method may keep
-    what it computed (None: nowhere).
+    what it computed (None: nowhere); train: a callable (masks bool[P, n], first index) -> margins float[P, t]
+    on the selection targets of models trained with the run's recipe (through :meth:`trainer`).
     """
 
     objective: TargetObjective
@@ -85,6 +90,7 @@ class SelectionContext:
     temperature: float = 1.0
     rows: Callable | None = None
     cache_dir: Path | None = None
+    train: Callable | None = None
 
     @property
     def n(self) -> int:
@@ -107,6 +113,14 @@ class SelectionContext:
             raise DatamodelsError(f"{who} the models the datamodels were fitted on; select through "
                                   "select_subsets (datamodels select) on a run, which provides them.")
         return self.rows()
+
+    def trainer(self, method: str = "") -> Callable:
+        """The context's `train` callable, or one sentence when this context was made without one."""
+        if self.train is None:
+            who = f"method {method!r} needs" if method else "selection needs"
+            raise DatamodelsError(f"{who} to train models on subsets; select through select_subsets "
+                                  "(datamodels select) on a run, which provides the run's trainer.")
+        return self.train
 
 
 def parse_methods(methods) -> tuple[str, ...]:

@@ -34,6 +34,7 @@ from ..errors import DatamodelsError
 from ..io import save_npz, write_json
 from .baselines import random_subset
 from .bootstrap import FitRows, fit_row_indices
+from .refresh import REFRESH_OFFSET
 from .methods import ALL_METHODS, BASELINES, METHODS, SelectionContext, parse_methods, run_method
 from .objectives import TargetObjective
 from ..seeds import SELECT_OFFSET, split_rng
@@ -79,7 +80,7 @@ def split_halves(size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 def choose_subsets(objective: TargetObjective, k: int, methods, train_x=None, train_y=None, target_x=None,
                    draws: int = 1, seed: int = 0, temperature: float = 1.0, pool_meta=None, target_meta=None,
                    group_column: str = "group", source_column: str = "source", fit_rows=None,
-                   cache_dir=None) -> dict[str, np.ndarray]:
+                   cache_dir=None, train=None) -> dict[str, np.ndarray]:
     """{method: masks bool[D, n]}: D = draws for the randomised methods, 1 otherwise.
 
     objective: the selection half's datamodels; train_x float[n, ...] and
@@ -88,11 +89,12 @@ def choose_subsets(objective: TargetObjective, k: int, methods, train_x=None, tr
     (column -> [n] / [t]) serve the methods that read sources or groups;
     fit_rows: a callable returning the fit's models for these targets
     (:class:`~datamodels.select.bootstrap.FitRows`, for the bootstrap);
-    cache_dir: where a method may keep what it computed.
+    cache_dir: where a method may keep what it computed; train: (masks bool[P, n], first index) -> margins
+    float[P, t] on these targets of models trained on masks (for the refresh).
     """
     ctx = SelectionContext(objective, train_x, train_y, target_x, dict(pool_meta or {}), dict(target_meta or {}),
                            group_column, source_column, int(draws), int(seed), float(temperature), fit_rows,
-                           None if cache_dir is None else Path(cache_dir))
+                           None if cache_dir is None else Path(cache_dir), train)
     return {m: run_method(m, ctx, k) for m in parse_methods(methods)}
 
 
@@ -341,6 +343,13 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
             return FitRows(masks, margins[:, cols], np.asarray(attr.lam, dtype=np.float64)[cols])
         return load
 
+    def train_for(cols):
+        def train(masks, first):
+            return retrain_margins(retrain_spec, run.data_dir, masks, cache_dir=cache_dir,
+                                   offset=REFRESH_OFFSET + int(first), data=data, progress=False,
+                                   desc="refresh")[:, cols]
+        return train
+
     def choose(positions, names, n_draws):
         cols = columns[positions]
         return choose_subsets(TargetObjective.from_attribution(attr, cols), k, names, train_x=train_x,
@@ -348,7 +357,7 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
                               temperature=temperature, pool_meta=pool_meta,
                               target_meta={c: np.asarray(v)[positions] for c, v in target_meta.items()},
                               group_column=group_column, source_column=source_column,
-                              fit_rows=fit_rows_for(cols), cache_dir=cache_dir)
+                              fit_rows=fit_rows_for(cols), cache_dir=cache_dir, train=train_for(cols))
 
     chosen = choose(sel, methods, draws)  # every method's own contract errors come before any training
     obj_sel = TargetObjective.from_attribution(attr, columns[sel])
