@@ -159,6 +159,21 @@ def test_sequential_check_keeps_clear_gains_drops_clear_losses_and_looks_again_w
         sequential_check(_gains([0.1] * 4), start=1)
 
 
+def test_sequential_check_counts_the_targets_as_a_sample_too():
+    # the method fixes 4 of 100 check targets in every retrain and breaks none: the same +4 points each time,
+    # so over retrains alone the gain looks certain; over targets it rests on 4 examples, and another set
+    # of targets from the same distribution may well see none of it
+    per_target = np.zeros((12, 100))
+    per_target[:, :4] = 1.0
+    g = sequential_check(_gains(per_target))
+    assert g["se_retrains"] == 0 and g["se_targets"] > 0.015 and g["decision"] == "fallback", g
+    assert sequential_check(_gains(per_target.mean(axis=1)))["decision"] == "keep"  # what retrains alone say
+    # a broad gain (a fifth of the targets fixed) is still kept, at the second look
+    per_target[:, :20] = 1.0
+    g = sequential_check(_gains(per_target))
+    assert g["decision"] == "keep" and g["retrains"] == 6
+
+
 def test_sequential_check_keeps_a_gain_at_the_threshold_rarely_however_many_looks():
     # looking three times at 2 standard errors keeps a gain of exactly the threshold in 14% of trials; the
     # Bonferroni t intervals hold it to alpha = 5%; a real 10-point gain is still kept almost always

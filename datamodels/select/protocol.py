@@ -114,39 +114,58 @@ def guard_looks(start: int, most: int) -> list[int]:
     return looks
 
 
-def gain_interval(gains, n_looks: int = 1, alpha: float = GUARD_ALPHA) -> tuple[float, float, float, float]:
-    """(mean, standard error, lower, upper) of paired gains float[G] (G >= 2): a t interval, one-sided
-    level alpha / n_looks on each side."""
+def gain_interval(gains, n_looks: int = 1, alpha: float = GUARD_ALPHA) -> dict:
+    """{"mean", "se", "se_retrains", "se_targets", "lower", "upper"} of paired gains over random: a t
+    interval (R - 1 degrees of freedom), one-sided level alpha / n_looks on each side.
+
+    gains float[R]: one gain per paired retrain (R >= 2); its standard error is the retrains' alone.
+    gains float[R, T]: per retrain and check target (correct under the method minus correct under random:
+    -1, 0 or 1). The gain is then measured on T targets that stand for the target distribution, and the
+    targets vary as much as the retrains do: the standard error adds the spread of the targets' mean gains
+    to that of the retrains' (var(row means) / R + var(column means) / T, which bounds the two-way random
+    effects variance of the mean from above).
+    """
     from scipy.stats import t as student_t
 
     gains = np.asarray(gains, dtype=np.float64)
+    R = gains.shape[0]
+    rows = gains.mean(axis=1) if gains.ndim == 2 else gains
+    se_r = float(rows.std(ddof=1) / np.sqrt(R))
+    se_t = 0.0
+    if gains.ndim == 2 and gains.shape[1] > 1:
+        se_t = float(gains.mean(axis=0).std(ddof=1) / np.sqrt(gains.shape[1]))
+    se = float(np.hypot(se_r, se_t))
     mean = float(gains.mean())
-    se = float(gains.std(ddof=1) / np.sqrt(len(gains)))
-    q = float(student_t.ppf(1 - alpha / n_looks, df=len(gains) - 1))
-    return mean, se, mean - q * se, mean + q * se
+    q = float(student_t.ppf(1 - alpha / n_looks, df=R - 1))
+    return {"mean": mean, "se": se, "se_retrains": se_r, "se_targets": se_t, "lower": mean - q * se,
+            "upper": mean + q * se}
 
 
 def sequential_check(gains_for, start: int = GUARD_RETRAIN, most: int | None = None,
                      min_gain: float = GUARD_MIN_GAIN, alpha: float = GUARD_ALPHA) -> dict:
     """Do no harm's decision on paired gains over random, taking more retrains only while it is undecided.
 
-    gains_for(r0, r1) -> float[r1 - r0]: the gains (method minus random accuracy) of paired retrains
-    r0..r1-1; it is called for each new stretch of retrains only. At each look (:func:`guard_looks`) the
-    mean gain's interval (:func:`gain_interval`, Bonferroni over the planned looks) is compared with
-    min_gain: above it, "keep"; below it, "fallback"; straddling it, the next look, and "fallback" once
-    the budget `most` (default GUARD_MOST_FACTOR x start) is spent. Returns {"decision", "credible",
-    "gain_over_random", "standard_error", "interval", "retrains", "looks", "reason"}.
+    gains_for(r0, r1) -> float[r1 - r0] or float[r1 - r0, T]: the gains (method minus random) of paired
+    retrains r0..r1-1, per retrain or per retrain and target (see :func:`gain_interval`); it is called for
+    each new stretch of retrains only. At each look (:func:`guard_looks`) the mean gain's interval
+    (Bonferroni over the planned looks) is compared with min_gain: above it, "keep"; below it, "fallback";
+    straddling it, the next look, and "fallback" once the budget `most` (default GUARD_MOST_FACTOR x
+    start) is spent. Returns {"decision", "credible", "gain_over_random", "standard_error",
+    "se_retrains", "se_targets", "interval", "retrains", "looks", "reason"}.
     """
     most = int(most if most is not None else GUARD_MOST_FACTOR * start)
     looks = guard_looks(int(start), most)
-    gains = np.zeros(0)
+    gains = None
     for r in looks:
-        new = np.asarray(gains_for(len(gains), r), dtype=np.float64).reshape(-1)
-        if len(new) != r - len(gains):
-            raise DatamodelsError(f"the check asked for the gains of retrains {len(gains)}..{r - 1} "
-                                  f"and got {len(new)}.")
-        gains = np.concatenate([gains, new])
-        mean, se, lo, hi = gain_interval(gains, len(looks), alpha)
+        done = 0 if gains is None else len(gains)
+        new = np.asarray(gains_for(done, r), dtype=np.float64)
+        new = new.reshape(len(new), -1) if new.ndim == 2 else new.reshape(-1)
+        if len(new) != r - done or (gains is not None and new.shape[1:] != gains.shape[1:]):
+            raise DatamodelsError(f"the check asked for the gains of retrains {done}..{r - 1} and got an array "
+                                  f"of shape {list(new.shape)}.")
+        gains = new if gains is None else np.concatenate([gains, new])
+        g = gain_interval(gains, len(looks), alpha)
+        lo, hi = g["lower"], g["upper"]
         if lo > min_gain:
             decision, reason = "keep", f"lower bound {lo:.4f} above the minimum gain {min_gain} after {r} retrains"
         elif hi < min_gain:
@@ -156,9 +175,10 @@ def sequential_check(gains_for, start: int = GUARD_RETRAIN, most: int | None = N
                                             f"{min_gain} after the budget of {r} retrains")
         else:
             continue
-        return {"decision": decision, "credible": decision == "keep", "gain_over_random": round(mean, 4),
-                "standard_error": round(se, 4), "interval": [round(lo, 4), round(hi, 4)], "retrains": int(r),
-                "looks": looks, "reason": reason}
+        return {"decision": decision, "credible": decision == "keep", "gain_over_random": round(g["mean"], 4),
+                "standard_error": round(g["se"], 4), "se_retrains": round(g["se_retrains"], 4),
+                "se_targets": round(g["se_targets"], 4), "interval": [round(lo, 4), round(hi, 4)],
+                "retrains": int(r), "looks": looks, "reason": reason}
     raise AssertionError("unreachable: the last look always decides")
 
 
@@ -320,9 +340,9 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
                    "fallback": fallback, "min_gain": GUARD_MIN_GAIN, "alpha": GUARD_ALPHA,
                    "rule": "choose on half of the selection half, retrain beside random subsets (paired seeds), "
                            "score on the other half; at each look a t interval of the mean gain (one-sided "
-                           "alpha / looks each side): lower bound > min_gain keeps the subset, upper bound < "
-                           "min_gain falls back, straddling takes the next look; straddling at the budget "
-                           "falls back",
+                           "alpha / looks each side; standard error over retrains and check targets): lower "
+                           "bound > min_gain keeps the subset, upper bound < min_gain falls back, straddling "
+                           "takes the next look; straddling at the budget falls back",
                    "seeds": f"model indices {GUARD_OFFSET}..{GUARD_OFFSET + guard_most - 1}"}
                   if guard_retrain else None),
     }
@@ -376,18 +396,17 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         trial = choose(sel[choose_pos], checked, guard_most)
         rand = np.stack([random_subset(store.n_train, k, seed, d) for d in range(guard_most)])
 
-        def check_accuracy(masks, r0, r1, desc):
+        def check_correct(masks, r0, r1, desc):
             # each stretch of retrains is its own cache entry: a later look retrains only the new ones
-            return accuracy(retrain_margins(retrain_spec, run.data_dir, masks[r0:r1], cache_dir=cache_dir,
-                                            offset=GUARD_OFFSET + r0, data=data, progress=progress,
-                                            desc=desc), check_cols)
+            margins = retrain_margins(retrain_spec, run.data_dir, masks[r0:r1], cache_dir=cache_dir,
+                                      offset=GUARD_OFFSET + r0, data=data, progress=progress, desc=desc)
+            return (margins[:, check_cols] > 0).astype(np.float64)  # [r1 - r0, check targets]
 
         for m in checked:
             rows = trial[m] if len(trial[m]) == guard_most else np.repeat(trial[m][:1], guard_most, axis=0)
 
-            def gains_for(r0, r1, rows=rows, m=m):
-                return (check_accuracy(rows, r0, r1, f"check {m}")
-                        - check_accuracy(rand, r0, r1, "check random"))
+            def gains_for(r0, r1, rows=rows, m=m):  # per retrain and check target: the targets vary too
+                return check_correct(rows, r0, r1, f"check {m}") - check_correct(rand, r0, r1, "check random")
 
             g = sequential_check(gains_for, int(guard_retrain), guard_most)
             returned = m if g["credible"] else ("full" if fallback == "full" or k == store.n_train else "random")
