@@ -18,6 +18,7 @@ whichever models share its chunk.
 
 from __future__ import annotations
 
+import math
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ from .recipe import EVAL_ROWS, autograd_step, epoch_order, init_params, init_sou
 from .sgd import fused_sgd_step, master_step, sgd_step
 
 FUSED_ALIGN = 64  # elements: a multiple of any AVX-512 fp32 loop's unrolled width
+MODEL_ALIGN = 32  # elements between models' parameters: 128 bytes in fp32, 64 in bf16 (see _flat)
 
 
 def train_batched(spec, data, indices: np.ndarray, masks: np.ndarray, outputs) -> dict[str, np.ndarray]:
@@ -116,13 +118,29 @@ def train_chunk(spec, data, indices: np.ndarray, masks: np.ndarray, outputs, mod
         return evaluate(model, [p.detach() for p in params], data.target_x, data.target_y, outputs)
 
 
+def _rows(rows: int, width: int) -> int:
+    """``rows`` rounded up so that a [rows, width] block is a multiple of MODEL_ALIGN elements."""
+    step = MODEL_ALIGN // math.gcd(width, MODEL_ALIGN)
+    return -(-rows // step) * step
+
+
 def _flat(B: int, shapes: list[tuple[int, ...]], dtype, device) -> tuple[Tensor, list[Tensor]]:
-    """One zeroed flat buffer and views [B, *shape] into it; each section padded to FUSED_ALIGN elements."""
-    sizes = [B * int(np.prod(sh)) for sh in shapes]
-    padded = [-(-n // FUSED_ALIGN) * FUSED_ALIGN for n in sizes]
+    """One zeroed flat buffer and views [B, *shape] into it.
+
+    Each model's part of a section starts MODEL_ALIGN elements apart (the gap
+    stays 0), so every model's matrices lie at the same alignment wherever the
+    model sits in the chunk: BLAS kernels pick their code path, and with it
+    their summation order, by the operands' alignment (measured: an fp32
+    [10, 65] layer 2,600 bytes apart gave logits 5e-7 apart at positions 0 and
+    5), and a row's margins must not depend on its neighbours (resumed and
+    resubmitted blocks are regrouped). Each section is padded to FUSED_ALIGN.
+    """
+    per = [-(-int(np.prod(sh)) // MODEL_ALIGN) * MODEL_ALIGN for sh in shapes]  # one model's stride
+    padded = [-(-B * n // FUSED_ALIGN) * FUSED_ALIGN for n in per]
     flat = torch.zeros(int(sum(padded)), dtype=dtype, device=device)
     starts = np.cumsum([0] + padded[:-1])
-    return flat, [flat[int(a):int(a) + n].view(B, *sh) for a, n, sh in zip(starts, sizes, shapes)]
+    return flat, [flat[int(a):int(a) + B * n].view(B, n)[:, :int(np.prod(sh))].view(B, *sh)
+                  for a, n, sh in zip(starts, per, shapes)]
 
 
 def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total, tr, outputs, total_steps) -> dict[str, np.ndarray]:
@@ -169,20 +187,24 @@ def _train_by_hand(model, init, data, rngs, subsets, sizes, n_batches, own_total
         flat_c, clayers = _flat(B, shapes, cdt, dev)
         flat_c.copy_(flat_p)
         flat_gc, gbufs = _flat(B, shapes, cdt, dev)
-    hidden = [torch.ones(B, bs, d + 1, dtype=cdt, device=dev) for d in model.hidden]
+    # every per-model block (activations, minibatches) a multiple of MODEL_ALIGN elements: see _flat
+    hidden = [torch.ones(B, _rows(bs, d + 1), d + 1, dtype=cdt, device=dev) for d in model.hidden]
+    bs_x = _rows(bs, xc_pool.shape[1])  # minibatch rows per model, the extra ones never read
     low = cdt != torch.float32
     lr_t = torch.zeros((), dtype=torch.float32, device=dev)
     fused = torch.get_num_threads() == 1 and tr.momentum > 0
     # the epoch's minibatches, gathered into buffers allocated once: a fresh
     # multi-MB tensor per epoch costs more in page faults than the gather itself
-    x_all = xc_pool.new_empty(S * B * bs, xc_pool.shape[1])
-    q_all = q_pool.new_empty(S * B * bs, q_pool.shape[1])
+    x_all = xc_pool.new_empty(S * B * bs_x, xc_pool.shape[1])
+    q_all = q_pool.new_empty(S * B * bs_x, q_pool.shape[1])
     step = 0
     for epoch in range(tr.epochs):
         idx_np, valid_np = epoch_order(rngs, subsets, bs)
-        flat_idx = torch.from_numpy(idx_np.reshape(B, S, bs).transpose(1, 0, 2).reshape(-1)).to(dev)
-        x_ep = torch.index_select(xc_pool, 0, flat_idx, out=x_all).view(S, B, bs, -1)  # [S, B, bs, d]
-        q_ep = torch.index_select(q_pool, 0, flat_idx, out=q_all).view(S, B, bs, -1).transpose(2, 3)  # [S, B, C, bs]
+        order = np.zeros((S, B, bs_x), dtype=idx_np.dtype)
+        order[:, :, :bs] = idx_np.reshape(B, S, bs).transpose(1, 0, 2)
+        flat_idx = torch.from_numpy(order.reshape(-1)).to(dev)
+        x_ep = torch.index_select(xc_pool, 0, flat_idx, out=x_all).view(S, B, bs_x, -1)[:, :, :bs]  # [S, B, bs, d]
+        q_ep = torch.index_select(q_pool, 0, flat_idx, out=q_all).view(S, B, bs_x, -1)[:, :, :bs].transpose(2, 3)  # [S, B, C, bs]
         if ragged:  # each model's mean over its own valid examples
             w = torch.from_numpy(np.ascontiguousarray(valid_np.reshape(B, S, bs).transpose(1, 0, 2)))
             w = w.to(device=dev, dtype=torch.float32)
