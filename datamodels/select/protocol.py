@@ -253,10 +253,12 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     group_column / source_column: the metadata columns of groups and sources
     (default "group" and "source"; one named here must exist).
 
-    Do no harm (guard_retrain > 0), sequential: every method that is not a
-    baseline (the datamodel methods, a user's own) is first run on one half of
-    the selection half and its subset retrained beside random subsets of the
-    same size (paired seeds), scored on the other half: guard_retrain pairs
+    Do no harm (guard_retrain > 0), sequential and cross-fitted: every method
+    that is not a baseline (the datamodel methods, a user's own) is first run
+    on one half of the selection half and its subset retrained beside random
+    subsets of the same size (paired seeds), scored on the other half, and the
+    same the other way round (the standard error counts retrains and check
+    targets): guard_retrain pairs
     first, doubling while the gain's interval straddles GUARD_MIN_GAIN, up to
     guard_most pairs (default GUARD_MOST_FACTOR x guard_retrain; see
     :func:`sequential_check`). Unless the gain is shown credible within that
@@ -338,8 +340,8 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
         "guard": ({"retrain": int(guard_retrain), "most": guard_most,
                    "looks": guard_looks(int(guard_retrain), guard_most),
                    "fallback": fallback, "min_gain": GUARD_MIN_GAIN, "alpha": GUARD_ALPHA,
-                   "rule": "choose on half of the selection half, retrain beside random subsets (paired seeds), "
-                           "score on the other half; at each look a t interval of the mean gain (one-sided "
+                   "rule": "cross-fitted: choose on half of the selection half, retrain beside random subsets "
+                           "(paired seeds), score on the other half, and the same the other way round; at each look a t interval of the mean gain (one-sided "
                            "alpha / looks each side; standard error over retrains and check targets): lower "
                            "bound > min_gain keeps the subset, upper bound < min_gain falls back, straddling "
                            "takes the next look; straddling at the budget falls back",
@@ -391,26 +393,34 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     guards, replaced = {}, {}
     checked = [m for m in methods if m not in BASELINES and guard_retrain]
     if checked:
-        choose_pos, check_pos = guard_split(len(sel), seed)
-        check_cols = columns[sel[check_pos]]
-        trial = choose(sel[choose_pos], checked, guard_most)
+        # cross-fitted: the method chooses on one half of the selection half and is checked on the other,
+        # both ways round, so every selection target is a check target once and none checks its own choice
+        half_a, half_b = guard_split(len(sel), seed)
+        folds = [(half_a, half_b), (half_b, half_a)]  # (choose on, check on)
+        trials = [choose(sel[chooser], checked, guard_most) for chooser, _ in folds]
+        check_cols = [columns[sel[checker]] for _, checker in folds]
         rand = np.stack([random_subset(store.n_train, k, seed, d) for d in range(guard_most)])
 
-        def check_correct(masks, r0, r1, desc):
+        def check_correct(masks, r0, r1, desc, cols):
             # each stretch of retrains is its own cache entry: a later look retrains only the new ones
             margins = retrain_margins(retrain_spec, run.data_dir, masks[r0:r1], cache_dir=cache_dir,
                                       offset=GUARD_OFFSET + r0, data=data, progress=progress, desc=desc)
-            return (margins[:, check_cols] > 0).astype(np.float64)  # [r1 - r0, check targets]
+            return (margins[:, cols] > 0).astype(np.float64)  # [r1 - r0, check targets]
+
+        def random_correct(r0, r1):
+            return check_correct(rand, r0, r1, "check random", np.concatenate(check_cols))
 
         for m in checked:
-            rows = trial[m] if len(trial[m]) == guard_most else np.repeat(trial[m][:1], guard_most, axis=0)
+            rows = [t[m] if len(t[m]) == guard_most else np.repeat(t[m][:1], guard_most, axis=0) for t in trials]
 
             def gains_for(r0, r1, rows=rows, m=m):  # per retrain and check target: the targets vary too
-                return check_correct(rows, r0, r1, f"check {m}") - check_correct(rand, r0, r1, "check random")
+                mine = np.concatenate([check_correct(rows[f], r0, r1, f"check {m}", check_cols[f])
+                                       for f in range(len(folds))], axis=1)
+                return mine - random_correct(r0, r1)
 
             g = sequential_check(gains_for, int(guard_retrain), guard_most)
             returned = m if g["credible"] else ("full" if fallback == "full" or k == store.n_train else "random")
-            guards[m] = {**g, "check_targets": int(len(check_pos)), "returned": returned}
+            guards[m] = {**g, "check_targets": int(len(sel)), "returned": returned}
             if not g["credible"]:
                 replaced[m] = chosen[m]
                 chosen[m] = safe_masks(draws)
