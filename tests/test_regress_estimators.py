@@ -4,7 +4,6 @@ known support, the setting recorded and round-tripped, and the ``mask @ W + b`` 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 
 import numpy as np
 import pytest
@@ -13,9 +12,6 @@ from datamodels.errors import DatamodelsError, SpecError
 from datamodels.regress import Datamodels, fit_store
 from datamodels.regress.debias import best_blend, least_squares_on_support
 from datamodels.regress.moments import Moments, accumulate, gram_problems
-
-# the module (datamodels.regress.fit_store is the function of that name)
-fit_store_module = importlib.import_module("datamodels.regress.fit_store")
 
 
 def known_support(seed=0, m=2000, n=100, k=4, support=8, noise=1.0):
@@ -118,8 +114,6 @@ def test_bad_estimator_settings_are_one_sentence():
         Datamodels(estimator="relaxed", exclude_self=np.array([0, -1])).fit(masks, margins)
 
 
-@pytest.mark.skipif(not hasattr(fit_store_module, "OPTIONAL_SETTINGS"),
-                    reason="fit_store passes fit.estimator on with the spread fit (fit_store.OPTIONAL_SETTINGS)")
 def test_spec_fit_estimator_reaches_fit_store(tmp_path):
     from test_regress import small_store
 
