@@ -24,7 +24,9 @@ bound. Times are on whatever cores this machine gives (shared machines vary).
 
 Usage: python analysis/bench_scale.py [--quick] [--largest N] [--fresh]
        python analysis/bench_scale.py --point N M K [--solver streaming] [--settings JSON]   (one point)
-       python analysis/bench_scale.py --store M      (the store's create/write/status/consolidate/read rates)
+       python analysis/bench_scale.py --store M [--n N --k K --row-writes R --rows-per-chunk C --tag T]
+                                                     (the store's create/write/status/fit-read/consolidate rates;
+                                                      before/after: analysis/results/bench_scale_store_100000_*.json)
        python analysis/bench_scale.py --status M     (`status` at M done rows, listing vs chunk reads)
 """
 
@@ -134,53 +136,84 @@ def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 300
     return r
 
 
-def store_rates(m: int, n: int = 200, k: int = 20, block: int = 1000) -> dict:
-    """The store at m rows: create, write (blocks of `block` rows), status, consolidate, read all rows.
+def store_rates(m: int, n: int = 200, k: int = 20, block: int = 1000, rows_per_chunk: int | None = None,
+                row_writes: int = 0, workers: int = 2) -> dict:
+    """The store at m rows: create, write, status, the fit's read of all rows, consolidate, files on disk.
 
-    One chunk per row per array (the workers' contract: no two writers share a chunk), imported masks.
+    Rows 0..m - row_writes are written in bulk (`write_rows`, `block` rows a call: the import path); the
+    last `row_writes` rows one at a time through `write_row` (a worker's path) by `workers` threads, each
+    owning a contiguous share as the executors' blocks do. The fit's read is what ``fit_store`` does with
+    every done row: ``bad_rows`` (one pass) and then ``read`` in READ_BLOCK blocks (another).
+    `rows_per_chunk`: the store's layout where the store has a choice (None: its default). Imported masks
+    (no sampler check): the store's own cost, not the sampler's.
     """
     import shutil
     import tempfile
+    from concurrent.futures import ThreadPoolExecutor
 
+    import datamodels.store as store_mod
     from datamodels.spec import Spec
     from datamodels.store import Store, TargetSet
     from datamodels.regress.fit_store import READ_BLOCK
 
-    root = Path(tempfile.mkdtemp(prefix="bench_store_"))
+    root = Path(tempfile.mkdtemp(prefix="bench_store_", dir=os.environ.get("BENCH_TMP")))
     try:
-        spec = Spec().replace(experiment={"n_models": m})
+        spec = Spec().replace(experiment={"n_models": m}, fit={"holdout": min(500, m // 10)})
+        kw = {} if rows_per_chunk is None else {"rows_per_chunk": rows_per_chunk}
         t = time.perf_counter()
-        st = Store.create(root / "store.zarr", spec, n, [TargetSet("test", 0, k)], masks_source="imported")
-        out = {"m": m, "n": n, "k": k, "create_s": round(time.perf_counter() - t, 3)}
+        st = Store.create(root / "store.zarr", spec, n, [TargetSet("test", 0, k)], masks_source="imported", **kw)
+        out = {"m": m, "n": n, "k": k, "format_version": store_mod.FORMAT_VERSION,
+               "rows_per_chunk": int(st.group["masks"].chunks[0]), "create_s": round(time.perf_counter() - t, 3)}
         rng = np.random.default_rng(0)
+        bulk = m - row_writes
         t = time.perf_counter()
-        for s0 in range(0, m, block):
-            b = min(block, m - s0)
+        for s0 in range(0, bulk, block):
+            b = min(block, bulk - s0)
             st.write_rows(s0, rng.random((b, n)) < 0.5, rng.standard_normal((b, k), dtype=np.float32))
         dt = time.perf_counter() - t
-        out.update(write_s=round(dt, 1), write_rows_per_s=round(m / dt))
+        out.update(write_bulk_rows=bulk, write_bulk_s=round(dt, 1), write_bulk_rows_per_s=round(bulk / dt))
+        if row_writes:
+            shares = np.array_split(np.arange(bulk, m), workers)
+            rows = {int(i): (rng.random(n) < 0.5, rng.standard_normal(k, dtype=np.float32)) for i in range(bulk, m)}
+
+            def worker(share):
+                for i in share:
+                    st.write_row(int(i), *rows[int(i)])
+
+            t = time.perf_counter()
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(worker, shares))
+            dt = time.perf_counter() - t
+            out.update(write_row_rows=row_writes, write_row_threads=workers, write_row_s=round(dt, 1),
+                       write_row_rows_per_s=round(row_writes / dt))
         st = Store.open(root / "store.zarr")
         t = time.perf_counter()
         status = st.status()
         out.update(status_s=round(time.perf_counter() - t, 3), status_done=status["done"])
-        sub = np.arange(min(m, 5000))
-        t = time.perf_counter()
-        np.asarray(st.group["done"][: len(sub)])
-        out["status_chunkwise_s_est"] = round((time.perf_counter() - t) * m / len(sub), 1)
 
-        def read_all():
+        def fit_read(store):
+            idx = np.flatnonzero(store.done_mask())
             t = time.perf_counter()
-            idx = np.arange(m)
-            for s0 in range(0, m, READ_BLOCK):
-                st.read(idx[s0:s0 + READ_BLOCK])
-            return round(time.perf_counter() - t, 1)
+            assert len(store.bad_rows(idx)) == 0
+            t_bad = time.perf_counter() - t
+            t = time.perf_counter()
+            for s0 in range(0, len(idx), READ_BLOCK):
+                store.read(idx[s0:s0 + READ_BLOCK])
+            t_read = time.perf_counter() - t
+            return round(t_bad + t_read, 1), round(t_bad, 1), round(t_read, 1)
 
-        out["read_all_rows_s"] = read_all()
+        out["fit_read_s"], out["fit_read_bad_rows_s"], out["fit_read_rows_s"] = fit_read(st)
+        out["fit_read_rows_per_s"] = round(m / max(out["fit_read_rows_s"], 1e-3))
         t = time.perf_counter()
         c = st.consolidate(progress=False)
         out.update(consolidate_s=round(time.perf_counter() - t, 1), consolidated_mb=round(c["bytes"] / 2**20, 1))
-        out["read_all_consolidated_s"] = read_all()
-        out["files"] = sum(1 for _ in (root / "store.zarr").rglob("*"))
+        out["fit_read_consolidated_s"] = fit_read(st)[0]
+        files = list((root / "store.zarr").rglob("*"))
+        out["files"] = len(files)  # files and directories, the consolidated copy included
+        out["files_rows"] = sum(1 for f in files
+                                if store_mod.CONSOLIDATED not in f.relative_to(root / "store.zarr").parts)
+        out["store_mb"] = round(sum(f.stat().st_size for f in files if f.is_file()) / 2**20, 1)
+        out["load_avg_1m_end"] = round(os.getloadavg()[0], 2)
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)
@@ -277,6 +310,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--point", nargs=3, type=int)
     ap.add_argument("--store", type=int, default=0, help="only the store's rates at this many rows (one JSON line)")
+    ap.add_argument("--n", type=int, default=200, help="--store: training examples per row")
+    ap.add_argument("--k", type=int, default=20, help="--store: targets per row")
+    ap.add_argument("--rows-per-chunk", type=int, default=0, help="--store: the store's layout (0: its default)")
+    ap.add_argument("--row-writes", type=int, default=0, help="--store: rows written one at a time (a worker's path)")
+    ap.add_argument("--workers", type=int, default=2, help="--store: threads writing those rows")
+    ap.add_argument("--tag", default="", help="--store: suffix of the result's name (before, after...)")
     ap.add_argument("--solver", default="gram")
     ap.add_argument("--settings", default="{}", help="other Datamodels settings of --point, as JSON")
     ap.add_argument("--quick", action="store_true", help="small sweeps (a minute), for checking the script")
@@ -298,7 +337,12 @@ def main() -> None:
         sys.path.insert(0, str(ROOT / "analysis"))
         from results_io import emit
 
-        emit({"bench": "scale_store", "machine_shared": True, **store_rates(args.store)}, f"bench_scale_store_{args.store}")
+        rpc = args.rows_per_chunk or None
+        name = f"bench_scale_store_{args.store}" + (f"_{args.tag}" if args.tag else "")
+        emit({"bench": "scale_store", "machine": f"{os.cpu_count()} cores shared with other engineers' jobs",
+              "load_avg_1m_start": round(os.getloadavg()[0], 2), "tag": args.tag,
+              **store_rates(args.store, args.n, args.k, rows_per_chunk=rpc, row_writes=args.row_writes,
+                            workers=args.workers)}, name)
         return
     if args.point:
         print(json.dumps(point(*args.point, solver=args.solver, **json.loads(args.settings))))

@@ -21,12 +21,13 @@ from datamodels.spec import load_spec
 from datamodels.store import Store, TargetSet
 
 
-def make_store(path: Path, m: int = 40, n: int = 30, k: int = 7, **spec_fields) -> Store:
-    """A store with no dataset behind it: rows are written by the test."""
+def make_store(path: Path, m: int = 40, n: int = 30, k: int = 7, rows_per_chunk: int | None = None,
+               **spec_fields) -> Store:
+    """A store with no dataset behind it: rows are written by the test (SMALL's block_size 20: 20 rows a chunk)."""
     spec = load_spec(write_spec(path.parent / f"{path.name}.toml",
                                 **{**SMALL, "experiment": {**SMALL["experiment"], "n_models": m, **spec_fields}},
                                 data={"n_train": n}))
-    return Store.create(path, spec, n, [TargetSet("test", 0, k)])
+    return Store.create(path, spec, n, [TargetSet("test", 0, k)], rows_per_chunk=rows_per_chunk)
 
 
 def fill(store: Store, indices, seed: int = 0) -> np.ndarray:
@@ -88,16 +89,17 @@ def test_wrong_mask_shape_or_index_is_refused(tmp_path):
 @settings(max_examples=15, deadline=None)
 @given(st.sets(st.integers(0, 39), max_size=40), st.sets(st.integers(0, 39), max_size=5))
 def test_fast_done_mask_equals_the_chunk_by_chunk_read(tmp_path_factory, written, junk):
-    store = make_store(tmp_path_factory.mktemp("s") / "s.zarr")
-    for i in sorted(written):
-        store.group["done"][i] = True
-    # a write killed mid-rename leaves a .partial file beside the chunks: it is not a done row
-    (store.path / "done" / "c").mkdir(parents=True, exist_ok=True)
-    for i in junk:
-        (store.path / "done" / "c" / f"{i}.deadbeef.partial").write_bytes(b"\x01")
-    ref = store.done_mask_reference()
-    assert set(np.flatnonzero(ref)) == written
-    np.testing.assert_array_equal(store.done_mask(), ref)
+    for rows_per_chunk in (1, None):  # format 1 lists its done chunks; format 2 reads its few
+        store = make_store(tmp_path_factory.mktemp("s") / "s.zarr", rows_per_chunk=rows_per_chunk)
+        for i in sorted(written):
+            store.group["done"][i] = True
+        # a write killed mid-rename leaves a .partial file beside the chunks: it is not a done row
+        (store.path / "done" / "c").mkdir(parents=True, exist_ok=True)
+        for i in junk:
+            (store.path / "done" / "c" / f"{i}.deadbeef.partial").write_bytes(b"\x01")
+        ref = store.done_mask_reference()
+        assert set(np.flatnonzero(ref)) == written
+        np.testing.assert_array_equal(store.done_mask(), ref)
 
 
 def test_bulk_write_rows_keeps_done_rows_and_records_bad_ones(tmp_path):
@@ -138,31 +140,37 @@ def test_consolidated_reads_equal_row_reads_and_go_stale_on_write(tmp_path):
 
 
 @pytest.mark.slow
-def test_consolidated_read_is_much_faster(tmp_path):
-    """The fit reads every done row: time that read from one-row chunks and from consolidated chunks."""
+def test_block_chunks_read_much_faster_than_row_chunks(tmp_path):
+    """The fit reads every done row: from one-row chunks (format 1), from 250-row chunks (format 2)
+    and from the consolidated copy; all three return the same rows."""
     m, n, k = 3000, 1300, 497  # the digits demo's n and k
-    store = make_store(tmp_path / "s.zarr", m=m, n=n, k=k)
     rng = np.random.default_rng(0)
-    for s in range(0, m, 500):
-        idx = np.arange(s, s + 500)
-        store.write_rows(s, np.stack([store.expected_mask(int(i)) for i in idx]),
-                         rng.normal(size=(500, k)).astype(np.float32))
-    idx = np.arange(m)
-    store.read_rows(idx[:50])  # warm up
-    t0 = time.perf_counter()
-    rows = store.read_rows(idx)
-    t_rows = time.perf_counter() - t0
+    margins = rng.normal(size=(m, k)).astype(np.float32)
+    times, reads = {}, {}
+    for rows_per_chunk in (1, 250):
+        store = make_store(tmp_path / f"s{rows_per_chunk}.zarr", m=m, n=n, k=k, rows_per_chunk=rows_per_chunk,
+                           block_size=250)
+        assert store.rows_per_chunk == rows_per_chunk
+        for s in range(0, m, 500):
+            store.write_rows(s, np.stack([store.expected_mask(i) for i in range(s, s + 500)]), margins[s:s + 500])
+        idx = np.arange(m)
+        store.read_rows(idx[:50])  # warm up
+        t0 = time.perf_counter()
+        reads[rows_per_chunk] = store.read_rows(idx)
+        times[rows_per_chunk] = time.perf_counter() - t0
     res = store.consolidate(progress=False)
     store.read(idx[:50])
     t0 = time.perf_counter()
-    cons = store.read(idx)
-    t_cons = time.perf_counter() - t0
-    np.testing.assert_array_equal(rows[0], cons[0])
-    np.testing.assert_array_equal(rows[1], cons[1])
-    print("\n" + json.dumps({"bench": "store_read", "models": m, "n": n, "k": k, "row_chunks_s": round(t_rows, 3),
-                             "consolidated_s": round(t_cons, 3), "speedup": round(t_rows / t_cons, 1),
+    reads["consolidated"] = store.read(idx)
+    times["consolidated"] = time.perf_counter() - t0
+    for r in reads.values():
+        np.testing.assert_array_equal(r[0], reads[1][0])
+        np.testing.assert_array_equal(r[1], margins)
+    print("\n" + json.dumps({"bench": "store_read", "models": m, "n": n, "k": k,
+                             **{f"read_s_{key}": round(t, 3) for key, t in times.items()},
+                             "speedup_250_rows_a_chunk": round(times[1] / times[250], 1),
                              "consolidated_mb": round(res["bytes"] / 2**20, 1)}))
-    assert t_rows / t_cons > 5
+    assert times[1] / times[250] > 5 and times[1] / times["consolidated"] > 5
 
 
 def test_reopen_with_another_spec_names_every_differing_field(tmp_path):
@@ -181,11 +189,12 @@ def test_reopen_with_another_spec_names_every_differing_field(tmp_path):
     assert Store.open(store.path).status()["done"] == 2
 
 
-def test_store_refuses_chunks_shared_by_rows(tmp_path):
+def test_store_refuses_arrays_chunked_unlike_each_other(tmp_path):
     store = make_store(tmp_path / "s.zarr")
+    assert store.rows_per_chunk == 20
     store.group.create_array("margins", shape=(40, 7), chunks=(8, 7), dtype="float32", fill_value=np.nan,
                              overwrite=True)
-    with pytest.raises(StoreError, match=r"has chunks .*\(8, 7\).*each row needs chunks of its own"):
+    with pytest.raises(StoreError, match=r"has chunks .*\(8, 7\).*need the same rows per chunk"):
         Store.open(store.path)
 
 
