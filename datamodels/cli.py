@@ -425,7 +425,7 @@ def cmd_select(a) -> int:
     res = select_subsets(a.run, target_set=a.target_set, budget=a.budget, methods=a.methods or METHODS,
                      retrain=a.retrain, out=a.out, seed=a.seed, temperature=a.temperature, progress=not a.quiet,
                      retrain_with=a.retrain_with, group_column=a.group_column, source_column=a.source_column,
-                     guard_retrain=a.guard_retrain, fallback=a.fallback)
+                     guard_retrain=a.guard_retrain, guard_most=a.guard_most, fallback=a.fallback)
     _print_json(res)
     return 0
 
@@ -701,8 +701,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group-column", default=None, help="metadata column of the groups (default group)")
     s.add_argument("--source-column", default=None, help="metadata column of the sources (default source)")
     s.add_argument("--guard-retrain", type=int, default=3,
-                   help="do no harm: models per method (and as many random) retrained to check the gain "
-                        "over random on half of the selection targets before returning a subset (0: no check)")
+                   help="do no harm: the first look's models per method (and as many random) retrained to check "
+                        "the gain over random on held-out selection targets before returning a subset; more "
+                        "(doubling) while undecided, up to --guard-most (0: no check)")
+    s.add_argument("--guard-most", type=int, default=None,
+                   help="do no harm's budget: at most this many paired retrains per method (default 4 x --guard-retrain)")
     s.add_argument("--fallback", default="random", choices=("random", "full"),
                    help="what a method whose gain is not credible returns instead (default random)")
     s.add_argument("--quiet", action="store_true")

@@ -35,10 +35,15 @@ SHARED_INIT_STREAM = 2
 GT_OFFSET = 1_000_000_000  # LDS ground truth
 SELECT_OFFSET = 1_500_000_000  # retraining a selected subset
 VERIFY_OFFSET = 2_000_000_000  # retrain-to-verify removals
+GUARD_OFFSET = SELECT_OFFSET + 250_000_000  # do no harm's paired retrains (select/protocol.py)
+REFRESH_OFFSET = SELECT_OFFSET + 350_000_000  # refreshed datamodels' perturbation models (select/refresh.py)
 
 # streams of selection's random baselines, SeedSequence([seed, draw, stream]): random and balanced draws never coincide
 RANDOM_STREAM = 0
 BALANCED_STREAM = 1
+# streams of selection's datamodel methods, SeedSequence([seed, draw or model index, stream])
+BOOTSTRAP_STREAM = 11  # the bootstrap's resampling of the fit's models (select/bootstrap.py)
+REFRESH_STREAM = 12  # refreshed datamodels' perturbation subsets (select/refresh.py)
 
 
 def model_rng(seed: int, index: int, stream: int = MASK_STREAM) -> np.random.Generator:

@@ -32,12 +32,11 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import DatamodelsError
-from ..seeds import model_rng
+from ..seeds import BOOTSTRAP_STREAM, model_rng
 from .algorithms import top_k
 
 BOOTSTRAPS = 20  # refits B
 KAPPA = 1.0  # standard errors taken off each example's weight
-BOOTSTRAP_STREAM = 11  # model_rng stream of the resampling (the mask and init streams are 0..2)
 
 
 class FitRows(NamedTuple):

@@ -34,10 +34,9 @@ from ..errors import DatamodelsError
 from ..io import save_npz, write_json
 from .baselines import random_subset
 from .bootstrap import FitRows, fit_row_indices
-from .refresh import REFRESH_OFFSET
 from .methods import ALL_METHODS, BASELINES, METHODS, SelectionContext, parse_methods, run_method
 from .objectives import TargetObjective
-from ..seeds import SELECT_OFFSET, split_rng
+from ..seeds import GUARD_OFFSET, REFRESH_OFFSET, SELECT_OFFSET, split_rng
 from .verify import accuracy, retrain_margins
 
 # do no harm, sequential: the selection half is split again (choose / check); a method's subset chosen on
@@ -53,7 +52,6 @@ GUARD_MOST_FACTOR = 4  # the budget: at most 4 x the first look's retrains (3 ->
 GUARD_MIN_GAIN = 0.01
 GUARD_ALPHA = 0.05
 GUARD_SPLIT = 7_919  # added to the split seed: the check split is independent of the halves
-GUARD_OFFSET = SELECT_OFFSET + 250_000_000  # below VERIFY_OFFSET; never a selection retrain's seed
 
 
 def budget_size(budget, n: int) -> int:
@@ -289,8 +287,9 @@ def select_subsets(run, target_set: str = "shifted", budget=0.5, methods=METHODS
     if int(guard_retrain) != guard_retrain or guard_retrain < 0 or guard_retrain == 1:
         raise DatamodelsError(f"guard_retrain = {guard_retrain!r} must be 0 (no check) or 2 or more models.")
     guard_most = int(GUARD_MOST_FACTOR * guard_retrain if guard_most is None else guard_most)
-    if guard_retrain and guard_most < guard_retrain:
-        raise DatamodelsError(f"guard_most = {guard_most!r} must be at least guard_retrain = {guard_retrain}.")
+    if guard_retrain and not guard_retrain <= guard_most <= REFRESH_OFFSET - GUARD_OFFSET:
+        raise DatamodelsError(f"guard_most (--guard-most) = {guard_most!r} must lie between guard_retrain = "
+                              f"{guard_retrain} and {REFRESH_OFFSET - GUARD_OFFSET:,} (its seed range).")
     if fallback not in ("random", "full"):
         raise DatamodelsError(f"fallback = {fallback!r} must be 'random' or 'full'.")
     if temperature <= 0:

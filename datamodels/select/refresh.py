@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DatamodelsError
-from ..seeds import SELECT_OFFSET, model_rng
+from ..seeds import REFRESH_STREAM, model_rng
 from .algorithms import select_by_margin
 
 ROUNDS = 3
@@ -37,8 +37,6 @@ PERTURBATIONS = 100  # models per round
 PERTURB = 0.1  # share of the subset swapped for outside examples in each perturbation model
 SWAP = 0.1  # share of the subset swapped per round, at most
 MIN_SEEN = 3  # an outside example must have been in this many perturbation models to come in
-REFRESH_STREAM = 12  # model_rng stream of the perturbations (bootstrap: 11; the mask and init streams 0..2)
-REFRESH_OFFSET = SELECT_OFFSET + 350_000_000  # model indices (seeds); above do no harm's, below VERIFY_OFFSET
 
 
 def perturbations(subset: np.ndarray, count: int, share: float, seed: int, first: int) -> np.ndarray:
