@@ -21,7 +21,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..runs import Run
-from .blocks import split_blocks
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -72,7 +71,7 @@ def run_local(run: Run, workers: int | None = None, progress: bool = True, max_r
     store.require_trainable()
     spec = store.spec
     missing = store.missing()
-    blocks = split_blocks(missing, spec.experiment.block_size)
+    blocks = store.job_blocks(missing, spec.experiment.block_size)  # whole chunks: one writer per chunk
     threads = spec.trainer.threads
     bar = tqdm(total=store.n_models, initial=store.n_models - len(missing), desc="models", unit="model",
                disable=not progress, smoothing=0.1)

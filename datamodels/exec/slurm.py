@@ -36,7 +36,7 @@ import numpy as np
 from ..errors import DatamodelsError
 from ..io import write_json, write_text
 from ..jobs import job_file
-from .blocks import format_indices, split_blocks
+from .blocks import format_indices
 
 if TYPE_CHECKING:  # the CLI imports this module to build its parser: keep torch out of that
     from ..runs import Run
@@ -285,8 +285,9 @@ def submit(run: Run, opts: SlurmOptions = SlurmOptions(), dry_run: bool = False)
     # live tasks first, then the done flags: a task ending in between has its rows done by then
     queued = active_units(ledger) if not dry_run else np.zeros(0, np.int64)
     missing = store.missing()
-    todo = np.setdiff1d(missing, queued)
-    blocks = split_blocks(todo, opts.block_size or spec.experiment.block_size)
+    # whole chunks per task, none a live task still holds: no two jobs ever write one chunk
+    blocks = store.job_blocks(missing, opts.block_size or spec.experiment.block_size, busy=queued)
+    todo = np.concatenate(blocks) if blocks else np.zeros(0, np.int64)
     res = submit_blocks(run, ledger, blocks, opts, job_name=f"dm-{spec.experiment.name}-{spec.hash()[:8]}",
                         threads=spec.trainer.threads,
                         header={"store": str(store.path.resolve()), "spec_hash": spec.hash()}, dry_run=dry_run)
