@@ -215,3 +215,112 @@ def test_estimator_on_backend_matches_numpy(xp):
     ref = Datamodels(n_lambdas=10, exclude_self=ex).fit(masks, Y)
     np.testing.assert_allclose(got.coef_, ref.coef_, atol=1e-4)
     assert got.coef_[3, 1] == 0 and got.coef_[7, 2] == 0
+
+
+# ---------------------------------------------------------------- the homotopy path (few models, m << n)
+# With fewer rows than columns G has low rank; lasso_path and lasso_at then follow the exact path
+# (datamodels/regress/homotopy.py). scikit-learn's coordinate descent needs a tight tol to be the
+# reference there: at 1e-4 it stops up to 5e-2 above the optimum near interpolation.
+
+def few_rows(m, n, k, seed, design, n_val):
+    p = problem(m, n, k, seed, design, n_val)
+    if design == "masks":  # constant columns: standardised to 0, G_jj = 1 (as datamodels.regress.moments)
+        const = np.abs(p["Xs"]).max(0) == 0
+        p["G"][const, const] = 1.0
+    return p
+
+
+def exact_objectives(p, lambdas, t):
+    _, coefs, _ = sk_lasso_path(p["Xs"], p["Yc"][:, t], alphas=lambdas[:, t], tol=1e-12, max_iter=500_000)
+    return objective(p["Xs"], p["Yc"][:, t], coefs, lambdas[:, t]), coefs
+
+
+def check_homotopy(xp, p, L, dtype, rtol, unique=True):
+    """unique: the design makes the lasso solution unique (not so with duplicate mask columns,
+    which a few rows make: equal objectives, weights split differently, other validation MSE)."""
+    n, k = p["C"].shape
+    lambdas = np.geomspace(1, 1e-3, L)[:, None] * np.abs(p["C"]).max(0)[None, :]
+    arrs = [to_xp(xp, p[a], dtype) for a in ("G", "C", "yy", "Gv", "Cv", "yyv")]
+    res = lasso_path(*arrs[:3], lambdas, val=tuple(arrs[3:]), keep_path=True, xp=xp, method="homotopy")
+    assert np.all(res.gap <= 1e-7 * res.objective + 1e-12)  # exact up to round-off, not to tol
+    for t in range(k):
+        theirs, coefs = exact_objectives(p, lambdas, t)
+        ours = objective(p["Xs"], p["Yc"][:, t], res.path[:, :, t].T, lambdas[:, t])
+        # one-sided: at tol 1e-12 scikit-learn still stops up to 6e-7 above the optimum near interpolation
+        assert np.all(ours <= theirs * (1 + rtol)), (t, np.max(ours / theirs - 1))
+        our_val = ((p["Yv"][:, t, None] - p["Xv"] @ res.path[:, :, t].T) ** 2).mean(0)
+        np.testing.assert_allclose(res.val_mse[:, t], our_val, rtol=1e-4, atol=1e-9)
+        if unique:
+            sk_val = ((p["Yv"][:, t, None] - p["Xv"] @ coefs) ** 2).mean(0)
+            assert res.val_mse[res.best[t], t] <= sk_val.min() * (1 + 1e-4)
+    return res, lambdas
+
+
+@pytest.mark.parametrize("xp", XPS)
+@pytest.mark.parametrize("design", ["masks", "random"])
+def test_homotopy_path_is_the_exact_lasso_path(xp, design):
+    p = few_rows(48, 160, 4, seed=1, design=design, n_val=8)
+    check_homotopy(xp, p, 10, "float64", rtol=1e-8)
+
+
+def test_homotopy_float32_gram_is_projected_onto_its_range():
+    """float32 G and C (the fit's dtype): C's round-off outside range(G) is removed, so the path near
+    interpolation stays the data problem's (it drifted to KKT violations of 4e-4 lambda without)."""
+    import array_api_compat.numpy as xnp
+
+    p = few_rows(46, 300, 3, seed=2, design="masks", n_val=5)
+    check_homotopy(xnp, p, 8, "float32", rtol=1e-5)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(20, 80), k=st.integers(1, 3), rows=st.integers(4, 12), seed=st.integers(0, 2**31 - 1),
+       design=st.sampled_from(["masks", "random"]), L=st.integers(1, 8))
+def test_homotopy_property_few_rows(n, k, rows, seed, design, L):
+    """Any m < n / 2 (down to 4 rows: duplicate, complementary and constant mask columns, ties)."""
+    import array_api_compat.numpy as xnp
+
+    m = min(rows, n // 2 - 1) + 3
+    p = few_rows(m, n, k, seed, design, n_val=3)
+    check_homotopy(xnp, p, L, "float64", rtol=1e-7, unique=design == "random")
+
+
+@pytest.mark.parametrize("xp", XPS)
+def test_homotopy_lasso_at_is_the_optimum(xp):
+    p = few_rows(40, 120, 3, seed=4, design="masks", n_val=4)
+    lam = np.array([0.5, 0.05, 0.002]) * np.abs(p["C"]).max(0)
+    args = [to_xp(xp, p[a], "float64") for a in ("G", "C", "yy")]
+    W, primal, gap, _ = lasso_at(*args, lam, to_xp(xp, np.zeros((120, 3)), "float64"), xp=xp, method="homotopy")
+    W = to_np(W)
+    assert np.all(gap <= 1e-8 * primal)
+    for t in range(3):
+        _, coefs, _ = sk_lasso_path(p["Xs"], p["Yc"][:, t], alphas=lam[t:t + 1], tol=1e-12, max_iter=500_000)
+        np.testing.assert_allclose(objective(p["Xs"], p["Yc"][:, t], W[:, t:t + 1], lam[t]),
+                                   objective(p["Xs"], p["Yc"][:, t], coefs, lam[t]), rtol=1e-9)
+        np.testing.assert_allclose(primal[t], objective(p["Xs"], p["Yc"][:, t], W[:, t:t + 1], lam[t])[0], rtol=1e-9)
+
+
+def test_auto_method_takes_the_homotopy_only_for_a_low_rank_gram():
+    import array_api_compat.numpy as xnp
+
+    from datamodels.regress.solver import gram_factor
+
+    few = few_rows(30, 200, 2, seed=5, design="masks", n_val=3)
+    many = problem(400, 40, 2, seed=5, design="masks", n_val=40)
+    fac = gram_factor(xnp, few["G"], few["C"])
+    assert fac is not None and fac.rank <= 27
+    np.testing.assert_allclose(to_np(fac.Z_t) @ to_np(fac.Z), few["G"][np.ix_(fac.cols, fac.cols)], atol=1e-10)
+    assert gram_factor(xnp, many["G"], many["C"]) is None
+    assert gram_factor(xnp, few["G"], few["C"], method="blocks") is None
+    with pytest.raises(ValueError, match="homotopy"):
+        lasso_path(many["G"], many["C"], many["yy"], np.ones((2, 2)), xp=xnp, method="homotopy")
+
+
+def test_homotopy_constant_margins_give_zero_weights():
+    import array_api_compat.numpy as xnp
+
+    p = few_rows(30, 100, 2, seed=6, design="masks", n_val=3)
+    C = p["C"].copy()
+    C[:, 1] = 0.0  # a target whose margins are constant
+    lambdas = np.geomspace(1, 1e-3, 5)[:, None] * np.maximum(np.abs(C).max(0), 1e-3)[None, :]
+    res = lasso_path(p["G"], C, p["yy"], lambdas, keep_path=True, xp=xnp, method="homotopy")
+    assert np.all(res.path[:, :, 1] == 0) and np.abs(res.path[-1, :, 0]).max() > 0

@@ -363,10 +363,12 @@ class RefitGram:
     over all rows, E_a). Supports what the Gram solvers use: ``G[:, b0:b1] @ D``,
     ``G[b0:b1, b0:b1]`` (dense, for block steps), ``G @ W``, shape, dtype.
     Each product costs two products with n x n matrices instead of one: only
-    the refit at one lambda pays it.
+    the refit at one lambda pays it. ``rank_bound``: rows - 1, the rank on the
+    columns not ``isolated`` (constant over all rows: their row is e_j); the
+    solver takes its exact homotopy path when it is small (few models).
     """
 
-    def __init__(self, G, Gv, a: float, c: float, p, u, e_tr, e_all):
+    def __init__(self, G, Gv, a: float, c: float, p, u, e_tr, e_all, rows: int | None = None):
         self.Gt, self.Gv, self.a, self.c = G, Gv, float(a), float(c)
         xp = _ns(G)
         dev = array_device(G)
@@ -379,6 +381,8 @@ class RefitGram:
         self.diag = xp.asarray(-self.a * p * p * e_tr + e_all, dtype=G.dtype, device=dev)
         self._diag64 = -self.a * p * p * e_tr + e_all
         self._p64, self._u64 = np.asarray(p, np.float64), np.asarray(u, np.float64)
+        self.rank_bound = None if rows is None else max(int(rows) - 1, 0)
+        self.isolated = np.asarray(e_all) > 0  # constant over all rows: row e_j, outside the rank bound
 
     def _apply(self, r0: int, r1: int, V):
         """G_all[:, r0:r1] @ V for V: [r1 - r0, k]."""
@@ -499,7 +503,7 @@ def gram_problems(tr: Moments, va: Moments) -> tuple[Problem, ValProblem, RefitP
     yy_a = np.maximum((m * yy + mv * yyv) / ma - dy * dy, 0.0)
     p = np.where(const_a, 0.0, scale / scale_a)
     u = np.where(const_a, 0.0, dx / scale_a)
-    G_all = RefitGram(P.G, V.G, m / ma, mv / ma, p, u, const.astype(np.float64), const_a.astype(np.float64))
+    G_all = RefitGram(P.G, V.G, m / ma, mv / ma, p, u, const.astype(np.float64), const_a.astype(np.float64), rows=ma)
     A = RefitProblem(G_all, P, V, mu_a, sigma_a, ybar_a, yy_a, dx, dy, ma)
     tr.sxx = tr.sxy = va.sxx = va.sxy = None  # now owned by the problems
     return P, V, A
