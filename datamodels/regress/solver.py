@@ -52,9 +52,9 @@ max_iter = 200 epochs at nearly every lambda, 854 s on the shared machine).
 ``method="auto"`` (the default of :func:`lasso_path` and :func:`lasso_at`)
 factors G = Z^T Z when its rank is at most min(128, n / 2) and follows the
 exact path by homotopy (:mod:`.homotopy`: one kink per step for all targets,
-r instead of n per product with G): the same fit in 1.5-4 s, duality gaps
-around 1e-10 of the objective. Targets whose homotopy fails (a bound on
-kinks, never met in the tests) come back here.
+r instead of n per product with G): the same fit in 3-4 s (2-2.4 s of CPU),
+duality gaps around 1e-10 of the objective. Targets whose homotopy fails (a
+bound on kinks, never met in the tests) come back here.
 
 Stopping is certified per target: a target stops at a lambda once the duality
 gap (scikit-learn's dual point, the residual rescaled into the dual feasible
