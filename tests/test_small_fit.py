@@ -58,12 +58,12 @@ def fitted():
     masks, margins = digits_like(M, N, K)
     Datamodels(n_lambdas=L).fit(masks[:, :200], margins[:, :5])  # imports and first-call costs
     seconds, cpu = [], []
-    for _ in range(3):  # the fastest of up to three fits: other jobs share a CI host's cores
+    for _ in range(3):  # the fastest of up to three fits
         t, c = time.perf_counter(), time.process_time()
         dm = Datamodels(n_lambdas=L).fit(masks, margins)
         seconds.append(time.perf_counter() - t)
         cpu.append(time.process_time() - c)
-        if seconds[-1] < 5.0:
+        if cpu[-1] < 5.0:
             break
     return masks, margins, dm, (min(seconds), min(cpu))
 
@@ -72,7 +72,9 @@ def test_small_fit_takes_seconds(fitted):
     _, _, dm, (seconds, cpu) = fitted
     # measured on the shared 2-core machine (1 BLAS thread, load 10-13 from other jobs): 3.0-3.9 s,
     # 2.0-2.4 s of CPU; the block solver took 400-850 s here
-    assert seconds < 5.0, (seconds, cpu)
+    # CPU seconds of this process: other jobs on a shared CI machine stretch the wall time, not the work
+    # (the block solver's 400-850 s were nearly all CPU, so a regression fails this by a wide margin)
+    assert cpu < 5.0, f"small fit: {cpu:.1f} s of CPU, {seconds:.1f} s wall"
     assert dm.coef_.shape == (N, K) and np.isfinite(dm.coef_).all()
 
 
