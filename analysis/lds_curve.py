@@ -28,8 +28,9 @@ kept in the run directory and reused by the next call.
 Cost measured 2026-12-03 on the shared 2-core AVX2 machine (fp32, load 9-12
 from other jobs): 5,500 MLPs in 29 min on 2 workers (100 MLPs x 40 epochs
 take 5.9 CPU-s alone, about 3x that under this load), 5,500 linear models in
-10 min, each ground truth (500 models) 8 min; a fit at N = 1,000 or 2,000
-(m close to n, the solver's slow case) 4-15 min, at 5,000 about 1-4 min.
+10 min, the ground truth (500 models, 1 thread) 9 min for MLPs and 2 min for
+linear models; one fit at N = 1,000 (m < n, the solver's slow case) 11-27
+min, at 2,000 4-8 min, at 5,000 1-4 min, each estimator.
 
 The table (estimator x size, MLP and linear LDS) goes to stderr.
 
