@@ -115,9 +115,14 @@ def _cached(n: int, m: int, k: int, solver: str, settings: dict) -> dict | None:
     return None
 
 
-def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 3000, **settings) -> dict:
-    """:func:`point` in a fresh process (its own peak memory), with THREADS BLAS threads."""
-    hit = _cached(n, m, k, solver, settings)
+def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 3000, cache: bool = True,
+              **settings) -> dict:
+    """:func:`point` in a fresh process (its own peak memory), with THREADS BLAS threads.
+
+    cache: reuse and append to CACHE (the sweeps); False measures afresh and records nothing (the tests).
+    """
+    cache = cache and not FRESH
+    hit = _cached(n, m, k, solver, settings) if cache else None
     if hit is not None:
         return hit
     env = {**os.environ, "PYTHONPATH": str(ROOT), **{v: str(THREADS) for v in
@@ -129,7 +134,7 @@ def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 300
         raise RuntimeError(out.stderr[-2000:])
     r = {**json.loads(out.stdout.strip().splitlines()[-1]), "settings": settings}
     print(json.dumps(r), file=sys.stderr, flush=True)
-    if not FRESH:
+    if cache:
         CACHE.parent.mkdir(parents=True, exist_ok=True)
         with open(CACHE, "a") as f:
             f.write(json.dumps(r) + "\n")
