@@ -144,6 +144,7 @@ def verify(attr, spec, run, targets, sizes, a, base: str, offset: int, n_bases: 
                           offset=offset, cache_dir=run.path / "eval", progress=False)
     for z in res["per_size"]:
         z["ratio"] = round(z["predicted_mean"] / z["actual_mean"], 4) if z["actual_mean"] else None
+        z["ratio_linear"] = round(z["predicted_linear_mean"] / z["actual_mean"], 4) if z["actual_mean"] else None
     ratios = [z["ratio"] for z in res["per_size"]]
     res["goal"] = {**GOAL, "met": bool(all(r is not None and abs(r - 1) <= GOAL["ratio_within"] for r in ratios)
                                        and res["spearman"] >= GOAL["spearman_at_least"])}
@@ -178,17 +179,35 @@ def random_control(spec, run, targets, sizes, a, n_bases: int, runs: int, offset
                          "n_bases": int(n_bases), "runs_per_base": int(runs), "index_offset": int(offset)}}
 
 
+def add_calibration(path: Path, dm, store, n_models: int):
+    """Calibrate a stored fit of the store's first n_models rows (one pass) and write it into the fit group."""
+    from datamodels.regress.storage import open_fit, write_calibration
+
+    def rows(lo: int, hi: int, block: int = 4096):
+        for s in range(lo, hi, block):
+            yield store.read(np.arange(s, min(hi, s + block)))
+
+    dm.calibrate_rows(rows, n_models)
+    g = open_fit(path)
+    write_calibration(g, dm.calibration_)
+    g.attrs["settings"] = {**dict(g.attrs["settings"]), "calibration": "cubic"}
+    return dm
+
+
 def table(out: dict) -> str:
-    lines = [f"{'estimator':<10} {'base':<6} {'size':>4} {'predicted':>9} {'actual':>8} {'ratio':>6} {'spearman':>8}"]
+    lines = [f"{'estimator':<10} {'base':<6} {'size':>4} {'predicted':>9} {'actual':>8} {'ratio':>6} {'spearman':>8} "
+             f"{'linear':>8} {'ratio':>6}"]
     for est, r in out["estimators"].items():
         for base in ("alpha_base", "full_pool"):
             if base not in r:
                 continue
             for z in r[base]["per_size"]:
                 lines.append(f"{est:<10} {base.split('_')[0]:<6} {z['size']:>4} {z['predicted_mean']:9.3f} "
-                             f"{z['actual_mean']:8.3f} {z['ratio']:6.3f} {z['spearman']:8.4f}")
+                             f"{z['actual_mean']:8.3f} {z['ratio']:6.3f} {z['spearman']:8.4f} "
+                             f"{z['predicted_linear_mean']:8.3f} {z['ratio_linear']:6.3f}")
             lines.append(f"{est:<10} {base.split('_')[0]:<6} {'all':>4} {'':>9} {'':>8} {'':>6} "
-                         f"{r[base]['spearman']:8.4f}   goal met: {r[base]['goal']['met']}")
+                         f"{r[base]['spearman']:8.4f} {'':>8} {'':>6}  linear spearman "
+                         f"{r[base]['spearman_linear']:.4f}   goal met: {r[base]['goal']['met']}")
     for z in out.get("random_control", {}).get("per_size", []):
         lines.append(f"{'random':<10} {'alpha':<6} {z['size']:>4} {'':>9} {z['actual_mean']:8.3f}")
     return "\n".join(lines)
@@ -210,6 +229,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-full", action="store_true", help="skip the full-pool base")
     p.add_argument("--quick", action="store_true", help="on runs/lds_curve_quick/mlp, 500 models, 10 targets")
     p.add_argument("--tag", default="", help="use runs/lds_curve_TAG/mlp; results/verify_counterfactuals_TAG.json")
+    p.add_argument("--calibration", default="cubic", choices=("cubic", "none"),
+                   help="sizes from the fit's score-to-margin calibration (added to fits made without one) or "
+                        "from the linear model alone")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     name = "verify_counterfactuals"
@@ -242,7 +264,12 @@ def main(argv=None) -> int:
         fit = fit_path(run.path, a.fit_models, est)
         if not fit.exists():
             raise SystemExit(f"{fit} does not exist: run analysis/lds_curve.py --estimators {est} first.")
-        fits[est] = (fit, Datamodels.load(fit))
+        dm = Datamodels.load(fit)
+        if a.calibration == "cubic" and dm.calibration_ is None:  # fits made before calibrations existed
+            dm = add_calibration(fit, dm, store, a.fit_models)
+        elif a.calibration == "none":
+            dm.calibration_ = None
+        fits[est] = (fit, dm)
     # every estimator's alpha base first (the headline), then the full-pool bases
     bases = [("alpha_base", "alpha", VERIFY_OFFSET, a.bases, a.runs)]
     if not a.no_full:

@@ -19,6 +19,16 @@ so "what happens if I remove S" needs a subset to remove S from:
   alpha). This stays inside the distribution the datamodels were fitted on.
 * a mask ``bool[n]``: that subset; predicted change ``-sum_{i in S and mask} W[i]``.
 
+Sizes of a counterfactual. A fit with a calibration (``fit.calibration =
+"cubic"``, the default; :mod:`datamodels.regress.calibration`) maps each
+target's linear score s to the margin through a monotone cubic g fitted on the
+training models; margins and changes are then ``g(s)`` and ``g(s + delta) -
+g(s)`` (delta the linear change above), which measured closer to what
+retraining shows when many influencers go at once. The order of subsets and
+of influencers is unchanged (g increases); ``linear=True`` gives the linear
+numbers, and a counterfactual reports both, and whether its scores leave the
+range the calibration saw (``"extrapolated"``: the full pool usually does).
+
 Score matrix convention (:meth:`Attribution.scores`): ``scores[i, j] = W[i, j]``,
 shape ``[n_train, n_targets]``, higher = training example i pushes target j's
 margin up (more positive influence). This is the layout and sign of TRAK
@@ -39,6 +49,7 @@ import numpy as np
 
 from .errors import DatamodelsError
 from .io import save_npy, write_json
+from .regress.calibration import ROWS, calibrate, calibrated_change, observed
 from .store import TargetSet  # columns start..stop-1 hold the datamodels of target set `name`
 
 SCORES_FORMAT = "datamodels-scores"
@@ -69,6 +80,8 @@ class Attribution:
     # per-example metadata columns of the pool ({"group": int[n], "source": str[n], ...}), shown with influencers
     train_metadata: dict | None = None
     source: str = ""
+    # float64[10, k] (datamodels.regress.calibration) or None: sizes of changes from the linear model alone
+    calibration: np.ndarray | None = None
     _norms2: np.ndarray | None = field(default=None, repr=False)
     # reading labels from the dataset files costs seconds (FFCV): done on first use only
     _label_loader: Any = field(default=None, repr=False)
@@ -88,6 +101,11 @@ class Attribution:
         if self.target_sets[-1].stop != self.n_targets:
             raise DatamodelsError(f"target sets end at column {self.target_sets[-1].stop}, "
                                   f"not at the {self.n_targets} columns of coef.")
+        if self.calibration is not None:
+            self.calibration = np.asarray(self.calibration, dtype=np.float64)
+            if self.calibration.shape != (ROWS, self.n_targets):
+                raise DatamodelsError(f"calibration of shape {list(self.calibration.shape)} must be "
+                                      f"[{ROWS}, {self.n_targets}] like the fit's.")
         tr = self.target_set("train")
         if tr is not None and tr.stop - tr.start != self.n_train:
             raise DatamodelsError(f"target set 'train' has {tr.stop - tr.start} columns = not the "
@@ -97,7 +115,8 @@ class Attribution:
     @classmethod
     def from_datamodels(cls, dm, **kw) -> "Attribution":
         """From a fitted :class:`datamodels.regress.Datamodels` (coef_, intercept_, lam_)."""
-        return cls(dm.coef_, dm.intercept_, lam=getattr(dm, "lam_", None), **kw)
+        return cls(dm.coef_, dm.intercept_, lam=getattr(dm, "lam_", None),
+                   calibration=getattr(dm, "calibration_", None), **kw)
 
     @classmethod
     def from_run(cls, run, labels: bool = True, dm=None) -> "Attribution":
@@ -271,9 +290,15 @@ class Attribution:
         out = M.astype(np.float64) @ self.coef[:, cols] + self.intercept[cols]
         return out[0] if one else out
 
-    def base_margin(self, base="full", targets=None) -> np.ndarray:
-        """Predicted margin float64[len(targets)] at a base: "full", "alpha" or a mask bool[n]."""
+    def base_margin(self, base="full", targets=None, linear: bool = False) -> np.ndarray:
+        """Predicted margin float64[len(targets)] at a base: "full", "alpha" or a mask bool[n]
+        (calibrated when the fit has a calibration, unless linear)."""
         cols = self._targets(targets)
+        s = self._base_score(base, cols)
+        return s if linear or self.calibration is None else calibrate(self.calibration, s, cols)
+
+    def _base_score(self, base, cols: np.ndarray) -> np.ndarray:
+        """The linear score float64[len(cols)] at a base."""
         if isinstance(base, str):
             return self.intercept[cols] + self._base_scale(base) * self.coef[:, cols].sum(axis=0)
         return self.intercept[cols] + self._mask(base).astype(np.float64) @ self.coef[:, cols]
@@ -290,27 +315,39 @@ class Attribution:
             raise DatamodelsError(f"base = {base!r} must be one of {BASES} or a mask.")
         return 1.0 if base == "full" else float(self.alpha)
 
-    def removal_effect(self, remove, targets=None, base="full") -> np.ndarray:
+    def removal_effect(self, remove, targets=None, base="full", linear: bool = False) -> np.ndarray:
         """Predicted margin change float64[len(targets)] when the training examples `remove` are taken out.
 
-        base "full": -sum_{i in S} W[i]; "alpha": -alpha sum_{i in S} W[i];
-        mask: -sum_{i in S, mask[i]} W[i]. Repeated indices count once.
+        Linear change: base "full": -sum_{i in S} W[i]; "alpha": -alpha sum_{i in S} W[i];
+        mask: -sum_{i in S, mask[i]} W[i]. Repeated indices count once. With a calibration
+        (and not linear): g(s + change) - g(s), s the base's score.
         """
         S = self.check_train_indices(remove, "removal index")
         cols = self._targets(targets)
         f = self._removal_weights(base)[S]
         # 0.0 - x, not -x: an empty or zero-weight removal reads 0.0, not -0.0
-        return 0.0 - (f @ self.coef[np.ix_(S, cols)]) if len(S) else np.zeros(len(cols))
+        delta = 0.0 - (f @ self.coef[np.ix_(S, cols)]) if len(S) else np.zeros(len(cols))
+        if linear or self.calibration is None or not len(S):
+            return delta
+        return calibrated_change(self.calibration, self._base_score(base, cols), delta, cols)
 
     def counterfactual(self, remove, target: int, base="full") -> dict[str, Any]:
-        """One target's predicted margin before and after removing `remove`, as a dict."""
+        """One target's predicted margin before and after removing `remove`, as a dict (calibrated when
+        the fit has a calibration: see the module doc; linear_change is the linear model's)."""
         target = self.check_target(target)
         S = self.check_train_indices(remove, "removal index")
         before = float(self.base_margin(base, [target])[0])
         delta = float(self.removal_effect(S, [target], base)[0])
-        return {**self.locate(target), "base": _base_name(base), "removed": len(S),
-                "margin_before": before, "predicted_change": delta, "margin_after": before + delta,
-                "flips": bool(before > 0 and before + delta <= 0)}
+        out = {**self.locate(target), "base": _base_name(base), "removed": len(S),
+               "margin_before": before, "predicted_change": delta, "margin_after": before + delta,
+               "flips": bool(before > 0 and before + delta <= 0),
+               "linear_change": float(self.removal_effect(S, [target], base, linear=True)[0]),
+               "calibrated": self.calibration is not None}
+        if self.calibration is not None:
+            s = float(self._base_score(base, np.array([target]))[0])
+            lo, hi = observed(self.calibration, [target])
+            out["extrapolated"] = bool(not lo[0] <= s <= hi[0] or not lo[0] <= s + out["linear_change"] <= hi[0])
+        return out
 
     # ------------------------------------------------------------------ influencers and brittleness
     def influencers(self, target: int, top: int = 10) -> dict[str, Any]:
@@ -346,7 +383,8 @@ class Attribution:
         """Smallest set of top positive influencers whose removal is predicted to flip a correct prediction.
 
         Removing the examples with the largest contributions first is optimal for a
-        linear predictor, so the size found is the datamodel's exact minimum.
+        linear predictor, so the size found is the datamodel's exact minimum (with a
+        calibration too: its margins increase with the linear score; "flip" then uses them).
         "Flip" means the predicted margin drops to 0 or below (a margin of 0 is a
         tie, which the trainer's margins count as wrong). A target whose base
         margin is not positive is reported as already wrong. budget: the most examples to
@@ -356,7 +394,8 @@ class Attribution:
         if budget is not None and int(budget) < 1:
             raise DatamodelsError(f"budget = {budget} must be at least 1.")
         before = float(self.base_margin(base, [target])[0])
-        out = {**self.locate(target), "base": _base_name(base), "margin_before": before}
+        out = {**self.locate(target), "base": _base_name(base), "margin_before": before,
+               "calibrated": self.calibration is not None}
         if before <= 0:
             return {**out, "correct": False, "found": False, "size": None, "removed": [],
                     "note": "the prediction is already wrong at this base"}
@@ -366,6 +405,9 @@ class Attribution:
         if budget is not None:
             cand = cand[:int(budget)]
         after = before - np.cumsum(contrib[cand])
+        if self.calibration is not None:  # g increases: the same order is optimal, only the margins change
+            s = self._base_score(base, np.array([target]))
+            after = calibrate(self.calibration, (s[0] - np.cumsum(contrib[cand]))[:, None], [target])[:, 0]
         hit = np.flatnonzero(after <= 0)
         if len(hit) == 0:
             return {**out, "correct": True, "found": False, "size": None, "removed": [],

@@ -212,6 +212,9 @@ class Fit:
     # "lasso", "relaxed" (least squares on the lasso's support blended with it by a validated gamma) or
     # "refit" (least squares on the support, gamma = 0): datamodels.regress.debias; recorded in the fit's settings
     estimator: str = "lasso"
+    # "cubic": a monotone cubic per target from the score to the margin, for the size of counterfactual
+    # effects (datamodels.regress.calibration; one more pass over the rows); "none": linear changes only
+    calibration: str = "cubic"
 
     def validate(self) -> None:
         _check(self.holdout >= 0, "fit.holdout", self.holdout, "must be non-negative")
@@ -225,6 +228,9 @@ class Fit:
         from .regress.estimator import ESTIMATORS
 
         _check(self.estimator in ESTIMATORS, "fit.estimator", self.estimator, f"must be one of {ESTIMATORS}")
+        from .regress.estimator import CALIBRATIONS
+
+        _check(self.calibration in CALIBRATIONS, "fit.calibration", self.calibration, f"must be one of {CALIBRATIONS}")
 
 
 SECTIONS: dict[str, type] = {

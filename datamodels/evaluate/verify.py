@@ -23,7 +23,8 @@ def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, 
     (same init, same data-order stream) and seed noise largely cancels.
     Returns arrays: masks bool[N, n], indices int64[N], and for the removal jobs
     job_target, job_size, job_base (int64[N], -1 for base models), predicted
-    float64[T, len(sizes), B], removed int64[T, len(sizes), B] (set sizes used).
+    float64[T, len(sizes), B] (calibrated when attr has a calibration),
+    predicted_linear (the linear model's), removed int64[T, len(sizes), B] (set sizes used).
     """
     targets = np.asarray([attr.check_target(int(t)) for t in targets], dtype=np.int64)
     sizes = np.asarray(sizes, dtype=np.int64)
@@ -47,6 +48,7 @@ def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, 
             indices.append(idx[b, r])
             jt.append(-1), js.append(-1), jb.append(b)
     predicted = np.zeros((T, Z, B))
+    predicted_linear = np.zeros((T, Z, B))
     removed = np.zeros((T, Z, B), dtype=np.int64)
     for ti, t in enumerate(targets):
         w = attr.coef[:, t]
@@ -55,7 +57,8 @@ def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, 
             cand = cand[np.argsort(-w[cand], kind="stable")]
             for zi, s in enumerate(sizes):
                 S = cand[:s]
-                predicted[ti, zi, b] = -w[S].sum()
+                predicted_linear[ti, zi, b] = -w[S].sum()
+                predicted[ti, zi, b] = attr.removal_effect(S, [t], base=bases[b])[0]
                 removed[ti, zi, b] = len(S)
                 m = bases[b].copy()
                 m[S] = False
@@ -66,7 +69,7 @@ def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, 
     return {"masks": np.stack(masks), "indices": np.asarray(indices, dtype=np.int64),
             "job_target": np.asarray(jt), "job_size": np.asarray(js), "job_base": np.asarray(jb),
             "targets": targets, "sizes": sizes, "bases": bases, "runs": runs, "predicted": predicted,
-            "removed": removed, "base": base, "offset": offset}
+            "predicted_linear": predicted_linear, "removed": removed, "base": base, "offset": offset}
 
 
 def actual_removal_effects(design: dict, margins: np.ndarray) -> np.ndarray:
@@ -103,6 +106,7 @@ def verify_removals(attr, spec, data_dir, targets, sizes=(5, 10, 20, 40), n_base
     margins = train_models(spec, data_dir, d["indices"], d["masks"], cache=cache, progress=progress)
     actual = actual_removal_effects(d, margins)
     pred_tz = d["predicted"].mean(axis=2)
+    lin_tz = d["predicted_linear"].mean(axis=2)
     act_tz = actual.mean(axis=2)
     p, a = pred_tz.ravel(), act_tz.ravel()
     R = d["runs"]
@@ -111,11 +115,14 @@ def verify_removals(attr, spec, data_dir, targets, sizes=(5, 10, 20, 40), n_base
     per_size = []
     for zi, s in enumerate(d["sizes"]):
         per_size.append({"size": int(s), "predicted_mean": round(float(pred_tz[:, zi].mean()), 4),
+                         "predicted_linear_mean": round(float(lin_tz[:, zi].mean()), 4),
                          "actual_mean": round(float(act_tz[:, zi].mean()), 4),
                          "spearman": round(float(spearmanr(pred_tz[:, zi], act_tz[:, zi]).statistic), 4)})
     return {
         "spearman": round(float(spearmanr(p, a).statistic), 4),
         "pearson": round(float(pearsonr(p, a).statistic), 4),
+        "spearman_linear": round(float(spearmanr(lin_tz.ravel(), a).statistic), 4),
+        "calibrated": attr.calibration is not None,
         "n_pairs": int(p.size),
         "per_size": per_size,
         "flipped_actual": int(((base_margin[:, None] > 0) & (base_margin[:, None] + act_tz < 0)).sum()),

@@ -131,7 +131,7 @@ def fit_local(run: Run, workers: int | None = None, force: bool = False, progres
     out = {"blocks": p.n_blocks, "done": int(done.sum()), "missing": int((~done).sum()),
            "written": int(done.sum()) - before, "errors": errors, "restarts": restarts, "fit": None}
     if done.all():
-        out["fit"] = assemble_parts(p, run.fit_path, jobs.parts)
+        out["fit"] = assemble_parts(p, run.fit_path, jobs.parts, run.store(mode="r"))
     return out
 
 
@@ -174,4 +174,4 @@ def wait_fit(run: Run, p: FitPlan, poll: float = 5.0, progress: bool = True, tim
 
 def assemble(run: Run, p: FitPlan):
     """The finished blocks written into RUN/datamodels.zarr; the fitted Datamodels."""
-    return assemble_parts(p, run.fit_path, parts_of(run))
+    return assemble_parts(p, run.fit_path, parts_of(run), run.store(mode="r"))

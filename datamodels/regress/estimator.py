@@ -18,7 +18,8 @@ from .moments import Moments, accumulate, gram_fit_bytes, gram_problems, machine
 from .solver import lasso_at, lasso_path
 from .storage import read_fit, write_fit
 
-SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype", "estimator")
+SETTINGS = ("n_lambdas", "lambda_ratio", "val_fraction", "max_iter", "tol", "patience", "dtype", "estimator",
+            "calibration")
 
 
 class FittedArrays(NamedTuple):
@@ -49,6 +50,8 @@ SOLVERS = ("auto", "gram", "streaming")
 # "lasso": the lasso at the validated lambda; "relaxed": least squares on its support blended
 # with it by a validated gamma; "refit": least squares on its support (gamma = 0) (:mod:`.debias`)
 ESTIMATORS = ("lasso", "relaxed", "refit")
+# "cubic": fit a monotone cubic from each target's score to its margin after the weights (:mod:`.calibration`)
+CALIBRATIONS = ("cubic", "none")
 
 
 def _err(field: str, value: Any, why: str) -> DatamodelsError:
@@ -111,7 +114,7 @@ class Datamodels:
 
     def __init__(self, n_lambdas=50, lambda_ratio=1e-3, val_fraction=0.1, max_iter=200, tol=1e-4,
                  exclude_self=None, xp=None, block_targets=1024, progress=False, patience=5,
-                 dtype="float32", max_memory=None, solver="auto", estimator="lasso"):
+                 dtype="float32", max_memory=None, solver="auto", estimator="lasso", calibration="cubic"):
         self.n_lambdas = n_lambdas
         self.lambda_ratio = lambda_ratio
         self.val_fraction = val_fraction
@@ -126,6 +129,7 @@ class Datamodels:
         self.max_memory = max_memory
         self.solver = solver
         self.estimator = estimator
+        self.calibration = calibration
 
     # ------------------------------------------------------------------ settings
     def validate(self) -> None:
@@ -150,6 +154,8 @@ class Datamodels:
             raise _err("solver", self.solver, "must be one of " + ", ".join(repr(x) for x in SOLVERS))
         if self.estimator not in ESTIMATORS:
             raise _err("estimator", self.estimator, "must be one of " + ", ".join(repr(x) for x in ESTIMATORS))
+        if self.calibration not in CALIBRATIONS:
+            raise _err("calibration", self.calibration, "must be one of " + ", ".join(repr(x) for x in CALIBRATIONS))
         if self.estimator != "lasso" and self.solver == "streaming":
             raise _err("estimator", self.estimator, "needs the Gram solver (solver = 'gram' or 'auto'), "
                        "not solver = 'streaming'")
@@ -198,6 +204,16 @@ class Datamodels:
                 yield masks[s:e], margins[s:e]
 
         self.fit_rows(rows, m, n_val, masks.shape[1], k, exclude)
+        if self.calibration == "cubic":
+            self.calibrate_rows(rows, m)
+        return self
+
+    def calibrate_rows(self, rows: Callable, m: int) -> "Datamodels":
+        """Fit ``calibration_`` (:mod:`.calibration`) to rows(0, m), the fit's rows: one pass. Returns self."""
+        from .calibration import calibration_of
+
+        self._check_fitted()
+        self.calibration_ = calibration_of(rows, self.coef_, self.intercept_, m)
         return self
 
     def n_val(self, m: int) -> int:
@@ -409,6 +425,7 @@ class Datamodels:
         self.val_mse_ = np.asarray(a.val_mse)
         self.n_nonzero_ = np.asarray(a.n_nonzero).astype(np.int64)
         self.fit_settings_ = dict(settings) if settings is not None else self.settings()
+        self.calibration_ = None
 
     @classmethod
     def from_arrays(cls, arrays: FittedArrays, settings: dict | None = None) -> "Datamodels":
@@ -480,14 +497,17 @@ class Datamodels:
 
     # ------------------------------------------------------------------ storage
     def save(self, path) -> None:
-        """Write a zarr group: weight [n, k], bias [k], lam [k], lambdas, val metrics, settings."""
-        write_fit(path, self.fitted_arrays().stored(), dict(getattr(self, "fit_settings_", None) or self.settings()))
+        """Write a zarr group: weight [n, k], bias [k], lam [k], lambdas, val metrics, calibration, settings."""
+        write_fit(path, self.fitted_arrays().stored(), dict(getattr(self, "fit_settings_", None) or self.settings()),
+                  calibration=getattr(self, "calibration_", None))
 
     @classmethod
     def load(cls, path) -> "Datamodels":
         """A fit saved by :meth:`save` or :func:`.fit_store`; one sentence if it is missing or unfinished."""
-        arrays, settings = read_fit(path)
-        return cls.from_arrays(FittedArrays.from_stored(arrays), settings)
+        arrays, settings, cal = read_fit(path)
+        est = cls.from_arrays(FittedArrays.from_stored(arrays), settings)
+        est.calibration_ = cal
+        return est
 
 
 def _default_device(xp):

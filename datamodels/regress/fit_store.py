@@ -35,11 +35,26 @@ import numpy as np
 from ..errors import DatamodelsError
 from ..io import save_npz, write_json
 from .estimator import Datamodels, FittedArrays
-from .storage import ARRAYS, blocks_done, create_fit, open_fit, read_arrays, write_block
+from .storage import ARRAYS, blocks_done, create_fit, open_fit, read_arrays, write_block, write_calibration
 
 READ_BLOCK = 4096  # rows read from the store at once: bounds memory, amortises zarr's per-call cost
 # Datamodels settings a fit spec may carry beyond the ones every spec has (passed through when present)
-OPTIONAL_SETTINGS = ("estimator", "solver", "dtype")
+OPTIONAL_SETTINGS = ("estimator", "solver", "dtype", "calibration")
+# stages after the weights: a fit made without them (or with others) is completed, not solved again
+POST_SETTINGS = ("calibration",)
+# what fits made before a setting existed were made with
+LEGACY_SETTINGS = {"estimator": "lasso"}
+
+
+def weight_settings(settings: dict) -> dict:
+    """The settings that determine the weights: post stages left out, legacy defaults filled in."""
+    return {**LEGACY_SETTINGS, **{f: v for f, v in settings.items() if f not in POST_SETTINGS}}
+
+
+def settings_diff(old: dict, new: dict) -> list[str]:
+    """Fields whose values differ between two fits' weight settings, sorted."""
+    a, b = weight_settings(old), weight_settings(new)
+    return [f for f in sorted(set(a) | set(b)) if a.get(f) != b.get(f)]
 
 
 def exclude_self_for(store) -> np.ndarray:
@@ -99,8 +114,8 @@ class FitPlan:
 
     @property
     def sha(self) -> str:
-        """Identity of the settings (rows included): part files of another plan never mix in."""
-        return hashlib.sha256(json.dumps(self.settings, sort_keys=True).encode()).hexdigest()[:12]
+        """Identity of the weights' settings (rows included): part files of another plan never mix in."""
+        return hashlib.sha256(json.dumps(weight_settings(self.settings), sort_keys=True).encode()).hexdigest()[:12]
 
     def rows(self, store) -> Callable:
         """rows(lo, hi): (masks, margins) of the fit's rows lo..hi-1, READ_BLOCK at a time."""
@@ -159,7 +174,7 @@ def _existing_fit(out_path, settings: dict, force: bool):
     if g is None:
         return None
     old = dict(g.attrs.get("settings", {}))
-    diffs = [f for f in sorted(set(old) | set(settings)) if old.get(f) != settings.get(f)]
+    diffs = settings_diff(old, settings)
     if not diffs:
         return g
     if not force:
@@ -184,6 +199,7 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
     plan = plan_fit(store, fit_spec, progress=progress, xp=xp)
     g = _existing_fit(out_path, plan.settings, force)
     if _complete(g):
+        calibrate_fit(g, plan, store)
         return Datamodels.load(out_path)
     check_rows(store, plan.idx)
     if g is None:
@@ -200,7 +216,29 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
     est.fit_rows(plan.rows(store), plan.m, est.n_val(plan.m), plan.n, plan.k, plan.exclude,
                  blocks_done=lambda b: bool(done[b]), on_block=written, prior=prior, settings=plan.settings)
     g.attrs["complete"] = True
+    est.calibration_ = calibrate_fit(g, plan, store)
     return est
+
+
+def calibrate_fit(g, plan: FitPlan, store) -> np.ndarray | None:
+    """Bring a complete fit group's calibration in line with the plan's setting (one pass over the fit's
+    rows when it is missing); records the setting. Returns the calibration (None for "none")."""
+    from .calibration import calibration_of
+    from .storage import read_calibration
+
+    want = plan.settings.get("calibration", "none")
+    settings = dict(g.attrs["settings"])
+    cal = read_calibration(g)
+    if want == "cubic" and (cal is None or settings.get("calibration") != "cubic"):
+        check_rows(store, plan.idx)
+        cal = calibration_of(plan.rows(store), g["weight"][...], g["bias"][...], plan.m)
+        write_calibration(g, cal)
+    elif want != "cubic" and cal is not None:
+        del g["calibration"]
+        cal = None
+    if settings.get("calibration") != want:
+        g.attrs["settings"] = {**settings, "calibration": want}
+    return cal
 
 
 # ---------------------------------------------------------------------- a fit spread over tasks
@@ -273,7 +311,7 @@ def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = Fals
     old = parts.plan()
     if old is not None and old.get("sha") != plan.sha:
         was = old.get("settings", {})
-        diffs = [f for f in sorted(set(was) | set(plan.settings)) if was.get(f) != plan.settings.get(f)]
+        diffs = settings_diff(was, plan.settings)
         if not force:
             f = diffs[0] if diffs else "settings"
             raise DatamodelsError(
@@ -294,7 +332,7 @@ def blocks_finished(plan: FitPlan, out_path, parts: FitParts) -> np.ndarray:
     with the same settings: a one-process fit that was interrupted)."""
     done = parts.written(plan.sha, plan.n_blocks)
     g = open_fit(out_path)
-    if g is not None and dict(g.attrs.get("settings", {})) == plan.settings:
+    if g is not None and not settings_diff(dict(g.attrs.get("settings", {})), plan.settings):
         done |= blocks_done(g)
     return done
 
@@ -347,8 +385,9 @@ def fit_parts(store, parts: FitParts, blocks, progress: bool = False,
     return len(count)
 
 
-def assemble_parts(plan: FitPlan, out_path, parts: FitParts) -> Datamodels:
-    """Write every finished block into the fit group at out_path (made if need be), mark it complete.
+def assemble_parts(plan: FitPlan, out_path, parts: FitParts, store) -> Datamodels:
+    """Write every finished block into the fit group at out_path (made if need be), mark it complete,
+    calibrate it (one pass over the store's rows, :func:`calibrate_fit`).
 
     Refuses, in one sentence naming the first, blocks that are neither in the
     group nor written. The part files are removed once the group is complete.
@@ -366,6 +405,7 @@ def assemble_parts(plan: FitPlan, out_path, parts: FitParts) -> Datamodels:
             write_block(g, int(b), slice(lo, hi), {a: z[a] for a in ARRAYS})
     g.attrs["complete"] = True
     parts.clear_blocks()
+    calibrate_fit(g, plan, store)
     return Datamodels.load(out_path)
 
 

@@ -10,6 +10,8 @@ Layout (k targets, n training examples, L lambdas, B targets per block)::
     val_mse       float64[k]     chunk (B,)
     n_nonzero     int64[k]       chunk (B,)
     blocks_done   bool[ceil(k/B)] chunk (1,)    set after a block's arrays are written
+    calibration   float64[10, k] chunk (10, k)  optional, written after the blocks: the score-to-margin
+                                                cubic per target (:mod:`.calibration`); absent: none
     attrs         format, format_version, settings (fit settings, shapes, data identity)
 
 A block's chunks belong to it alone and its done flag is written last, so a fit
@@ -90,19 +92,36 @@ def read_arrays(g: zarr.Group) -> dict[str, np.ndarray]:
     return {name: np.asarray(g[name][:]) for name in ARRAYS}
 
 
-def write_fit(path, arrays: dict[str, np.ndarray], settings: dict[str, Any]) -> None:
+def write_fit(path, arrays: dict[str, np.ndarray], settings: dict[str, Any],
+              calibration: np.ndarray | None = None) -> None:
     """A whole fit at once (one block): arrays named as in ARRAYS, weight float[n, k], lambdas float[L, k]."""
     n, k = np.shape(arrays["weight"])
     g = create_fit(path, n, k, np.shape(arrays["lambdas"])[0], max(k, 1), settings)
     write_block(g, 0, slice(0, k), arrays)
+    if calibration is not None:
+        write_calibration(g, calibration)
     g.attrs["complete"] = True
 
 
-def read_fit(path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(arrays named as in ARRAYS, settings) of a finished fit; one sentence if there is none."""
+def write_calibration(g: zarr.Group, calibration: np.ndarray) -> None:
+    """Write (or replace) the fit's calibration float64[10, k]."""
+    cal = np.asarray(calibration, dtype=np.float64)
+    if "calibration" in g:
+        del g["calibration"]
+    g.create_array("calibration", shape=cal.shape, chunks=cal.shape, dtype="float64", fill_value=np.nan)
+    g["calibration"][...] = cal
+
+
+def read_calibration(g: zarr.Group) -> np.ndarray | None:
+    """The fit's calibration float64[10, k], or None for a fit without one."""
+    return np.asarray(g["calibration"][...]) if "calibration" in g else None
+
+
+def read_fit(path) -> tuple[dict[str, np.ndarray], dict[str, Any], np.ndarray | None]:
+    """(arrays named as in ARRAYS, settings, calibration or None) of a finished fit; one sentence if there is none."""
     g = open_fit(path)
     if g is None:
         raise DatamodelsError(f"fit path = {str(path)!r} does not exist.")
     if not g.attrs.get("complete") or not blocks_done(g).all():
         raise DatamodelsError(f"fit path = {str(path)!r} holds an unfinished fit; run the fit again to resume it.")
-    return read_arrays(g), dict(g.attrs["settings"])
+    return read_arrays(g), dict(g.attrs["settings"]), read_calibration(g)
