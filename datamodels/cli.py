@@ -204,6 +204,14 @@ def cmd_status(a) -> int:
 
     st.update(job_states(store))
     fails = store.failures()
+    from .exec.fit import fit_status, fit_status_line
+
+    try:
+        fit = fit_status(run)
+    except DatamodelsError as e:  # an unreadable fit or plan: the store's status still shows
+        fit = {"state": "unreadable", "error": str(e)}
+    if fit is not None:
+        st["fit"] = fit
     if a.json:
         st["failures"] = {str(k): v for k, v in fails.items()}
         st["bad_rows"] = [int(i) for i in bad[:100]]
@@ -216,6 +224,8 @@ def cmd_status(a) -> int:
               "`datamodels status RUN --reset-bad` marks them not done")
     for i, why in list(fails.items())[:20]:
         print(f"  model {i} failed: {why}")
+    if fit is not None:
+        print(fit_status_line(fit))
     return 0
 
 
@@ -584,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="added to the task id: arrays past MaxArraySize restart their task ids at 0")
     s.set_defaults(func=cmd_worker)
 
-    s = sub.add_parser("status", help="done, missing, failed and damaged rows")
+    s = sub.add_parser("status", help="done, missing, failed and damaged rows; the fit's blocks")
     s.add_argument("run")
     s.add_argument("--json", action="store_true")
     s.add_argument("--reset-bad", action="store_true",

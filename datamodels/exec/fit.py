@@ -1,8 +1,8 @@
 """The fit spread over workers: blocks of targets on a local process pool or as SLURM array tasks.
 
 ``datamodels fit RUN --executor local|slurm``. The driver plans the fit once
-(:func:`datamodels.regress.fit_store.prepare_parts`: the rows, the settings,
-``RUN/fit/plan.json``), hands out the blocks of targets not yet written (one
+(:func:`datamodels.regress.fit_store.prepare_parts`: the rows, the settings, the
+solver "auto" picks on the driver, ``RUN/fit/plan.json``), hands out the blocks of targets not yet written (one
 block of ``fit.block_targets`` targets a task, or ``--block-size`` targets), and
 once every block is written assembles them into ``RUN/datamodels.zarr``, the
 fit the one-process ``datamodels fit`` writes.
@@ -25,6 +25,7 @@ it adds a stage every task waits for.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -44,13 +45,16 @@ def parts_of(run: Run) -> FitParts:
 
 
 class FitJobs:
-    """The ledger of a spread fit's SLURM arrays (see :class:`.slurm.StoreJobs`): a unit is a block of targets."""
+    """The ledger of a spread fit's SLURM arrays (see :class:`.slurm.StoreJobs`): a unit is a block of targets.
+
+    plan: the FitPlan, or None for a ledger that only lists the jobs of plan `sha` (`datamodels status`)."""
 
     unit = "block"
     count_field = "target_blocks"
 
-    def __init__(self, run: Run, plan: FitPlan):
+    def __init__(self, run: Run, plan: FitPlan | None, sha: str | None = None):
         self.run, self.plan, self.parts = run, plan, parts_of(run)
+        self.sha = plan.sha if plan is not None else sha
 
     @property
     def run_dir(self) -> Path:
@@ -58,7 +62,7 @@ class FitJobs:
 
     @property
     def jobs(self) -> list[dict]:
-        return self.parts.jobs(self.plan.sha)  # arrays of an older plan hold none of this plan's blocks
+        return self.parts.jobs(self.sha)  # arrays of an older plan hold none of this plan's blocks
 
     def add_jobs(self, records: list[dict]) -> None:
         self.parts.add_jobs(records)
@@ -70,6 +74,61 @@ class FitJobs:
 def plan(run: Run, force: bool = False) -> tuple[FitPlan, np.ndarray]:
     """(the plan, done bool[n_blocks]) of the spread fit of `run` (made now, or the one recorded)."""
     return prepare_parts(run.store(mode="r"), run.spec.fit, run.fit_path, parts_of(run), force=force)
+
+
+def fit_status(run: Run) -> dict | None:
+    """The fit's state for `datamodels status`, or None when there is neither a fit group nor a spread
+    fit's plan. Reads files only (and squeue, when the plan has SLURM arrays and squeue is on PATH).
+
+    {"state": "complete", "targets", "calibrated", "estimator"} for a complete fit group; else
+    {"state": "partial", "blocks", "written", "queued" (missing blocks a live SLURM task holds; None
+    when SLURM cannot say), "missing", "targets", "solver" (pinned in the plan; None for a one-process
+    fit)}.
+    """
+    from ..regress.fit_store import recorded_blocks_finished
+    from ..regress.storage import blocks_done, open_fit, read_calibration
+
+    g = open_fit(run.fit_path)
+    if g is not None and g.attrs.get("complete") and blocks_done(g).all():
+        settings = dict(g.attrs.get("settings", {}))
+        return {"state": "complete", "targets": int(g["bias"].shape[0]),
+                "calibrated": read_calibration(g) is not None, "estimator": settings.get("estimator", "lasso")}
+    parts = parts_of(run)
+    rec = parts.plan()
+    if rec is not None:
+        done = recorded_blocks_finished(rec, run.fit_path, parts)
+        queued = None
+        jobs = FitJobs(run, None, sha=rec["sha"])
+        if jobs.jobs and shutil.which("squeue") is not None:
+            from .slurm import active_units
+
+            try:
+                active = active_units(jobs)
+                queued = int((~done[active[active < len(done)]]).sum())
+            except DatamodelsError:
+                queued = None
+        elif not jobs.jobs:
+            queued = 0
+        missing = int((~done).sum()) - (queued or 0)
+        return {"state": "partial", "blocks": len(done), "written": int(done.sum()), "queued": queued,
+                "missing": missing, "targets": int(rec.get("n_targets", 0)),
+                "solver": rec.get("settings", {}).get("solver")}
+    if g is None:
+        return None
+    done = blocks_done(g)  # a one-process fit, interrupted (or running)
+    return {"state": "partial", "blocks": len(done), "written": int(done.sum()), "queued": 0,
+            "missing": int((~done).sum()), "targets": int(g["bias"].shape[0]), "solver": None}
+
+
+def fit_status_line(st: dict) -> str:
+    """`fit: complete (497 targets, calibrated)` or `fit: 4 of 6 blocks of targets written, 1 queued (SLURM), 1 missing`."""
+    if st["state"] == "complete":
+        return f"fit: complete ({st['targets']} targets, {'calibrated' if st['calibrated'] else 'not calibrated'})"
+    if st["state"] != "partial":
+        return f"fit: {st['state']} ({st.get('error', '')})"
+    queued = "" if not st["queued"] else f", {st['queued']} queued (SLURM)"
+    unknown = " (squeue did not answer: some may be queued)" if st["queued"] is None else ""
+    return f"fit: {st['written']} of {st['blocks']} blocks of targets written{queued}, {st['missing']} missing{unknown}"
 
 
 def task_blocks(blocks: np.ndarray, plan: FitPlan, targets_per_task: int | None = None,

@@ -455,12 +455,17 @@ class Datamodels:
         out["total"] += out["margins"]
         return out
 
+    def memory_available(self, xp=None) -> tuple[int, str]:
+        """(bytes a fit may use, what bounds them): max_memory, else the machine's memory."""
+        if self.max_memory is not None:
+            return int(self.max_memory), "max_memory"
+        return machine_bytes(xp), "this machine's memory"
+
     def check_memory(self, n: int, k: int, xp=None, m: int = 0) -> str:
         """The solver to use ("gram" or "streaming"); refuses, in one sentence and before allocating,
         a fit whose stated bound exceeds the memory available (max_memory, else the machine's)."""
         need = self.memory_bytes(n, k)
-        have = int(self.max_memory) if self.max_memory is not None else machine_bytes(xp)
-        where = "max_memory" if self.max_memory is not None else "this machine's memory"
+        have, where = self.memory_available(xp)
         if self.solver == "gram" or (self.solver == "auto" and need["total"] <= have):
             if need["total"] > have:
                 raise DatamodelsError(

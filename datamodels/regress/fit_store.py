@@ -10,19 +10,22 @@ refused (unless ``force``) when they do not.
 A fit spread over processes or SLURM array tasks (:mod:`datamodels.exec.fit`)
 splits the same blocks of targets between tasks. Its files, in ``RUN/fit/``::
 
-    plan.json                    the fit spec, the settings (with their sha) and the rows, fixed by the driver
+    plan.json                    the fit spec, the settings (with their sha), the rows and the solver, fixed by the driver
     block-00003-<sha>.npz        block 3's arrays, written atomically by the task that solved it
     jobs.json                    the SLURM arrays submitted for this plan (driver only)
 
 Every task reads the masks once and computes the moments of all targets (the
 same code and the same rows as the one-process fit, so its blocks are
-bit-for-bit the one-process fit's), then solves its own blocks only. A block
-counts once its file exists; :func:`assemble_parts` writes the finished blocks
+bit-for-bit the one-process fit's), then solves its own blocks only, all with the
+solver the driver pinned in the plan (``solver = "auto"`` resolved once, on the
+driver: a task never picks another for its node's memory, it refuses in one
+sentence). A block counts once its file exists; :func:`assemble_parts` writes the finished blocks
 into the usual fit group, which ``query``, ``eval`` and ``report`` read.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -42,13 +45,22 @@ READ_BLOCK = 4096  # rows read from the store at once: bounds memory, amortises 
 OPTIONAL_SETTINGS = ("estimator", "solver", "dtype", "calibration")
 # stages after the weights: a fit made without them (or with others) is completed, not solved again
 POST_SETTINGS = ("calibration",)
+# how the weights are computed, not which problem: a spread fit's plan pins the solver so that every task
+# uses the same one, but a plan's sha, a stored fit's settings and the reuse of a fit leave it out (the
+# one-process fit records none, and plans made before the pin keep their sha)
+SOLVE_SETTINGS = ("solver",)
 # what fits made before a setting existed were made with
 LEGACY_SETTINGS = {"estimator": "lasso"}
 
 
 def weight_settings(settings: dict) -> dict:
-    """The settings that determine the weights: post stages left out, legacy defaults filled in."""
-    return {**LEGACY_SETTINGS, **{f: v for f, v in settings.items() if f not in POST_SETTINGS}}
+    """The settings that determine the weights: post stages and the solver left out, legacy defaults filled in."""
+    return {**LEGACY_SETTINGS, **{f: v for f, v in settings.items() if f not in POST_SETTINGS + SOLVE_SETTINGS}}
+
+
+def stored_settings(settings: dict) -> dict:
+    """What a fit group records of a plan's settings: the one-process fit's (the pinned solver left out)."""
+    return {f: v for f, v in settings.items() if f not in SOLVE_SETTINGS}
 
 
 def settings_diff(old: dict, new: dict) -> list[str]:
@@ -117,6 +129,30 @@ class FitPlan:
         """Identity of the weights' settings (rows included): part files of another plan never mix in."""
         return hashlib.sha256(json.dumps(weight_settings(self.settings), sort_keys=True).encode()).hexdigest()[:12]
 
+    @property
+    def solver(self) -> str | None:
+        """The solver pinned in the plan ("gram" or "streaming"), or None (the estimator's own, e.g. "auto")."""
+        return self.settings.get("solver")
+
+    def pinned(self, solver: str) -> "FitPlan":
+        """This plan solved with `solver` only (recorded in its settings; its sha is unchanged)."""
+        est = copy.copy(self.est)
+        est.solver = solver
+        est.validate()
+        return dataclasses.replace(self, est=est, settings={**self.settings, "solver": solver})
+
+    def resolve_solver(self, xp=None) -> str:
+        """The concrete solver of this plan: its estimator's if not "auto", else the one "auto" picks on
+        this machine (the Gram solver when its memory bound fits here or the estimator needs it, else
+        streaming). Refuses nothing: the tasks check their own memory (:func:`check_solver_memory`)."""
+        est = self.est
+        if est.solver != "auto":
+            return est.solver
+        if est.estimator != "lasso":
+            return "gram"
+        have, _ = est.memory_available(xp)
+        return "gram" if est.memory_bytes(self.n, self.k)["total"] <= have else "streaming"
+
     def rows(self, store) -> Callable:
         """rows(lo, hi): (masks, margins) of the fit's rows lo..hi-1, READ_BLOCK at a time."""
         idx = self.idx
@@ -127,12 +163,13 @@ class FitPlan:
         return rows
 
 
-def plan_fit(store, fit_spec, *, idx=None, progress: bool = False, xp=None) -> FitPlan:
+def plan_fit(store, fit_spec, *, idx=None, progress: bool = False, xp=None, solver: str | None = None) -> FitPlan:
     """The rows, estimator and settings of a fit of `store` (fit_spec: datamodels.spec.Fit).
 
     idx: the rows to use (a spread fit's tasks take the driver's); default: the
-    done rows below n_models - holdout. Refuses, in one sentence, too few rows
-    (damaged rows: :func:`check_rows`).
+    done rows below n_models - holdout. solver: the one pinned in a spread fit's
+    plan (:meth:`FitPlan.pinned`); default: the estimator's. Refuses, in one
+    sentence, too few rows (damaged rows: :func:`check_rows`).
     """
     cutoff = store.n_models - int(fit_spec.holdout)
     if idx is None:
@@ -153,7 +190,8 @@ def plan_fit(store, fit_spec, *, idx=None, progress: bool = False, xp=None) -> F
                               "(run more models).")
     est.n_val(len(idx))  # enough training and validation rows, or one sentence
     settings = fit_settings(store, fit_spec, idx, est, exclude)
-    return FitPlan(idx, est, exclude, settings, int(store.n_train), int(store.n_targets))
+    plan = FitPlan(idx, est, exclude, settings, int(store.n_train), int(store.n_targets))
+    return plan if solver is None else plan.pinned(solver)
 
 
 def check_rows(store, idx: np.ndarray) -> None:
@@ -299,7 +337,10 @@ def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = Fals
     """Plan a spread fit (or take up the one recorded); returns (plan, done bool[n_blocks]).
 
     A fit or a plan made with other settings is refused in one sentence unless
-    `force`, which removes it. See :func:`blocks_finished` for `done`.
+    `force`, which removes it. The plan pins the solver: a recorded plan keeps
+    its own, a new one (or one recorded before the pin) gets the one "auto"
+    picks on this machine (:meth:`FitPlan.resolve_solver`), so every task solves
+    with the same. See :func:`blocks_finished` for `done`.
     """
     plan = plan_fit(store, fit_spec, progress=progress)
     g = _existing_fit(out_path, plan.settings, force)
@@ -319,7 +360,9 @@ def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = Fals
                 f"{plan.settings.get(f)!r}; pass --force to plan it again (its finished blocks are dropped).")
         parts.clear_blocks()
         old = None
-    if old is None:
+    pinned = (old or {}).get("settings", {}).get("solver")
+    plan = plan.pinned(pinned or plan.resolve_solver())
+    if pinned is None:
         write_json(parts.plan_path, {
             "sha": plan.sha, "settings": plan.settings, "fit_spec": dataclasses.asdict(fit_spec),
             "n_blocks": plan.n_blocks, "block_targets": plan.block_targets, "n_targets": plan.k,
@@ -330,10 +373,19 @@ def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = Fals
 def blocks_finished(plan: FitPlan, out_path, parts: FitParts) -> np.ndarray:
     """bool[n_blocks]: blocks whose part file exists, or that the fit group at out_path holds (made
     with the same settings: a one-process fit that was interrupted)."""
-    done = parts.written(plan.sha, plan.n_blocks)
+    return recorded_blocks_finished({"sha": plan.sha, "n_blocks": plan.n_blocks, "settings": plan.settings},
+                                    out_path, parts)
+
+
+def recorded_blocks_finished(rec: dict, out_path, parts: FitParts) -> np.ndarray:
+    """:func:`blocks_finished` of a recorded plan (plan.json's {"sha", "n_blocks", "settings"}), without
+    rebuilding it from the store (`datamodels status`)."""
+    done = parts.written(rec["sha"], int(rec["n_blocks"]))
     g = open_fit(out_path)
-    if g is not None and not settings_diff(dict(g.attrs.get("settings", {})), plan.settings):
-        done |= blocks_done(g)
+    if g is not None and not settings_diff(dict(g.attrs.get("settings", {})), rec["settings"]):
+        have = blocks_done(g)
+        if len(have) == len(done):
+            done |= have
     return done
 
 
@@ -346,13 +398,35 @@ def recorded_plan(store, parts: FitParts, progress: bool = False) -> FitPlan:
         raise DatamodelsError(f"no fit plan at {str(parts.plan_path)!r}; start the fit with "
                               "`datamodels fit RUN --executor ...`.")
     fit_spec = Fit(**{f.name: rec["fit_spec"][f.name] for f in dataclasses.fields(Fit) if f.name in rec["fit_spec"]})
-    plan = plan_fit(store, fit_spec, idx=np.asarray(rec["rows"], dtype=np.int64), progress=progress)
+    plan = plan_fit(store, fit_spec, idx=np.asarray(rec["rows"], dtype=np.int64), progress=progress,
+                    solver=rec["settings"].get("solver"))  # None: a plan made before the pin ("auto" per task)
     if plan.sha != rec["sha"]:
         f = next((f for f in sorted(plan.settings) if rec["settings"].get(f) != plan.settings.get(f)), "settings")
         raise DatamodelsError(f"the fit plan {str(parts.plan_path)!r} was made with {f} = "
                               f"{rec['settings'].get(f)!r}, but this store and package give "
                               f"{plan.settings.get(f)!r}; plan the fit again (--force).")
     return plan
+
+
+def check_solver_memory(plan: FitPlan, where, xp=None) -> None:
+    """One sentence if this machine cannot hold the memory bound of the solver pinned in the plan
+    (`where`: the plan file, for the message); a task never switches to the other solver."""
+    est, solver = plan.est, plan.solver
+    if solver not in ("gram", "streaming"):
+        return  # not pinned: the estimator chooses, as before
+    need = (est.memory_bytes(plan.n, plan.k) if solver == "gram"
+            else est.streaming_memory_bytes(plan.n, plan.m, plan.k))["total"]
+    have, what = est.memory_available(xp)
+    if need > have:
+        import socket
+
+        from ..store import human_bytes
+
+        raise DatamodelsError(
+            f"the fit plan {str(where)!r} pins solver = {solver!r}, which needs about {human_bytes(need)} for "
+            f"n = {plan.n}, m = {plan.m} and k = {plan.k}, more than {what} on node {socket.gethostname()!r} "
+            f"({human_bytes(have)}); run its tasks on nodes with more memory (--mem), or remove RUN/fit/ and "
+            "start the fit again from a machine with as little memory as these nodes.")
 
 
 def fit_parts(store, parts: FitParts, blocks, progress: bool = False,
@@ -371,6 +445,7 @@ def fit_parts(store, parts: FitParts, blocks, progress: bool = False,
     todo = {int(b) for b in blocks if not written[b]}
     if not todo:
         return 0
+    check_solver_memory(plan, parts.plan_path)
     count = []
 
     def save(b: int, sl: slice, res: FittedArrays) -> None:
@@ -398,7 +473,8 @@ def assemble_parts(plan: FitPlan, out_path, parts: FitParts, store) -> Datamodel
                               "run the fit again to solve them.")
     g = _existing_fit(out_path, plan.settings, force=False)
     if g is None:
-        g = create_fit(out_path, plan.n, plan.k, int(plan.settings["n_lambdas"]), plan.block_targets, plan.settings)
+        g = create_fit(out_path, plan.n, plan.k, int(plan.settings["n_lambdas"]), plan.block_targets,
+                       stored_settings(plan.settings))
     for b in np.flatnonzero(~blocks_done(g)):
         with np.load(parts.block_path(int(b), plan.sha)) as z:
             lo, hi = (int(x) for x in z["targets"])
