@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -43,16 +44,18 @@ def test_user_trainers_give_the_same_rows_and_failures_locally_and_on_slurm(slur
                    "command": "{python} " + shlex.quote(str(code / "mytrain.py")) + " --data {data} --mask {mask} "
                               "--out {out} --seed {seed} --index {index} --bad-index 5 --bad exit"}
         bad, reason = 5, "command exited with code 3; stderr: loading the data ... | ValueError: the learning"
+    # blocks of 6: two array tasks, which run at once on the 2-CPU node
     spec = write_spec(tmp_path / "spec.toml", **{**SMALL, "experiment": {**SMALL["experiment"], "n_models": 12,
-                                                                          "block_size": 4},
+                                                                          "block_size": 6},
                                                 "trainer": {**SMALL["trainer"], **trainer},
                                                 "fit": {"holdout": 2, "n_lambdas": 5}})
     env = {**os.environ, **slurm_cluster.env,
            "PYTHONPATH": os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)}
+    r = _cli("init", spec, tmp_path / "local", env=env)
+    assert r.returncode == 0, r.stderr
+    shutil.copytree(tmp_path / "local", tmp_path / "slurm")  # the same empty run, as a second `init` makes it
     for executor in ("local", "slurm"):
         run = tmp_path / executor
-        r = _cli("init", spec, run, env=env)
-        assert r.returncode == 0, r.stderr
         args = ["--workers", "1"] if executor == "local" else ["--poll", "0.5"]
         r = _cli("run", run, "--executor", executor, "--quiet", *args, env=env)
         assert r.returncode == 1, r.stdout + r.stderr + (slurm_cluster.logs() if executor == "slurm" else "")
