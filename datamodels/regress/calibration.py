@@ -29,6 +29,7 @@ import numpy as np
 
 DEGREE = 3
 EXTEND = 1.0  # observed score ranges checked (and modelled by the cubic) beyond each end of the observed scores
+SUB_ELEMENTS = 1 << 21  # mask elements converted to float at once (8 MB)
 ROWS = DEGREE + 7  # c0..c3, center, scale, lo, hi (checked), observed lo, observed hi
 
 
@@ -36,7 +37,9 @@ class CalibrationSums:
     """Power sums of the standardised score (and of it times the margin), accumulated row block by block."""
 
     def __init__(self, coef: np.ndarray, intercept: np.ndarray):
-        self.W = np.asarray(coef, dtype=np.float64)
+        # the weights as the fit keeps them (float32: no copy); scores are summed in float32 over at most
+        # SUB_ROWS rows at a time, so the pass adds only O(SUB_ROWS * (n + k)) to the fit's memory
+        self.W = np.asarray(coef, dtype=np.float32)
         self.b = np.asarray(intercept, dtype=np.float64)
         k = self.W.shape[1]
         self.center = self.scale = None
@@ -46,7 +49,13 @@ class CalibrationSums:
         self.hi = np.full(k, -np.inf)
 
     def add(self, masks: np.ndarray, margins: np.ndarray) -> None:
-        s = np.asarray(masks, dtype=np.float64) @ self.W + self.b
+        """Add a block of fit rows: masks bool[b, n], margins float[b, k]."""
+        step = max(1, SUB_ELEMENTS // max(1, self.W.shape[0]))
+        for r in range(0, len(masks), step):
+            self._add(np.asarray(masks[r:r + step]), np.asarray(margins[r:r + step]))
+
+    def _add(self, masks: np.ndarray, margins: np.ndarray) -> None:
+        s = (masks.astype(np.float32) @ self.W).astype(np.float64) + self.b
         y = np.asarray(margins, dtype=np.float64)
         if self.center is None:  # the first block's spread: any shift and scale are exact, these keep u near 1
             self.center = s.mean(axis=0)
@@ -75,9 +84,12 @@ class CalibrationSums:
         lo_u = (self.lo - EXTEND * span - self.center) / self.scale
         hi_u = (self.hi + EXTEND * span - self.center) / self.scale
         c = np.zeros((k, DEGREE + 1))
-        ok = np.isfinite(A).all(axis=(1, 2)) & (np.linalg.cond(A) < 1e12)
+        # equilibrated (D A D) z = D r, c = D z: the standardising scale came from the first rows only
+        d = 1.0 / np.sqrt(np.maximum(np.diagonal(A, axis1=1, axis2=2), 1e-300))
+        Ae = A * d[:, :, None] * d[:, None, :]
+        ok = np.isfinite(Ae).all(axis=(1, 2)) & (np.linalg.cond(Ae) < 1e10)
         if ok.any():
-            c[ok] = np.linalg.solve(A[ok], r[ok])[..., 0]
+            c[ok] = np.linalg.solve(Ae[ok], (r[ok, :, 0] * d[ok])[..., None])[..., 0] * d[ok]
         bad = ~ok | ~increasing(c, lo_u, hi_u)
         if bad.any():  # the line: [[n, su], [su, suu]] [c0, c1] = [sy, suy]
             A2, r2 = A[bad][:, :2, :2], r[bad][:, :2]
