@@ -6,21 +6,31 @@ Problem (datamodel-like): m models, each a random alpha = 0.5 subset of n
 training examples; k targets whose margins are a sparse linear function of
 the mask (n / 20 nonzero weights per target) plus unit noise plus an offset.
 Each point is fitted end to end (``Datamodels().fit``: the masks pass, the
-path with early stopping, lambda choice, the refit) in a fresh subprocess, so
+path with early stopping, lambda choice, the refit, the calibration) in a fresh subprocess, so
 its peak RSS (VmHWM, reset after the data are made) is its own; ``fit_gb`` is
 the peak minus the RSS just before the fit (the masks and margins the caller
 holds), compared with
 the bound the fit states (:func:`datamodels.regress.moments.gram_fit_bytes`).
 
-Sweeps: n with m and k fixed, m with n and k fixed, k with n and m fixed.
-Cost model (least squares on the points, relative error weighting)::
+Each point records the fit's wall seconds (time_s) and its process's CPU seconds
+(cpu_s, time.process_time; with one BLAS thread the work itself, nearly immune to
+other jobs on a shared machine, where wall time varies 2x between runs), and of
+the Gram fit the path's CPU seconds (path_cpu_s), its epochs summed over lambdas
+and targets (path_epochs) and lambdas solved (path_lambdas), read off the
+PathResult in the point's own process (the estimator keeps neither).
 
-    time = a m n^2 (masks pass) + b k n^2 (path: epochs of n x n x k) + c n^2 (centring, block steps) + d
+Sweeps: n with m and k fixed, m with n and k fixed, k with n and m fixed.
+Cost model of cpu_s in two measured parts (non-negative least squares on the
+points, relative error weighting)::
+
+    path = b k n^2 (~50-60 epochs per target, each n / 256 GEMMs of n x 256 x k) + c n^2 + d
+    rest = a m n^2 (X^T X) + e m n k (X^T Y, the calibration's scores) + f m n (mask conversion) + g
 
 fitted on all points but the held-out ones (the largest of each sweep), and
-its relative error on those is reported; then predicted for CIFAR-10 (n 50k,
-m 300k, k 10k) and ImageNet (n 1.2M). Memory predictions are the stated
-bound. Times are on whatever cores this machine gives (shared machines vary).
+its relative error on those is reported (with the one-model alternative
+a m n^2 + b k n^2 + c n^2 + d on cpu_s and on wall time); then predicted for
+CIFAR-10 (n 50k, m 300k, k 10k) and ImageNet (n 1.2M). Memory predictions are
+the stated bound. Points cached before cpu_s existed are measured again.
 
 Usage: python analysis/bench_scale.py [--quick] [--largest N] [--fresh]
        python analysis/bench_scale.py --point N M K [--solver streaming] [--settings JSON]   (one point)
@@ -85,17 +95,41 @@ def point(n: int, m: int, k: int, solver: str = "gram", **settings) -> dict:
     # warm up: the fit's lazy imports and first BLAS calls are not the fit's memory
     Datamodels(solver=solver, n_lambdas=3).fit(*make_problem(64, 32, 2, seed=1))
     masks, margins = make_problem(m, n, k)
+    # the path's own CPU time and epochs, read off the PathResult the Gram fit gets (the estimator keeps
+    # neither): the path is wrapped here, in this throwaway process, not changed
+    import datamodels.regress.estimator as est
+
+    path = {"cpu_s": 0.0, "epochs": 0, "lambdas": 0}
+    inner = est.lasso_path
+
+    def timed_path(*a, **kw):
+        c = time.process_time()
+        res = inner(*a, **kw)
+        path["cpu_s"] += time.process_time() - c
+        path["epochs"] += int(np.asarray(res.n_iter).sum())
+        path["lambdas"] += int(np.asarray(res.stop).sum())
+        return res
+
+    est.lasso_path = timed_path
     reset_peak()
     base = rss_gb()
     dm = Datamodels(solver=solver, **settings)
-    t = time.perf_counter()
+    load = os.getloadavg()[0]
+    t, c = time.perf_counter(), time.process_time()
     dm.fit(masks, margins)
-    dt = time.perf_counter() - t
+    dt, dc = time.perf_counter() - t, time.process_time() - c
+    est.lasso_path = inner
     peak = rss_gb("VmHWM")
     bound = dm.memory_bytes(n, k) if solver == "gram" else dm.streaming_memory_bytes(n, m, k)
-    return {"n": n, "m": m, "k": k, "solver": solver, "time_s": round(dt, 2), "peak_rss_gb": round(peak, 3),
-            "fit_gb": round(peak - base, 3), "bound_gb": round(bound["total"] / 2**30, 3),
-            "grams_gb": round(bound.get("grams", 0) / 2**30, 3), "nnz_mean": float(dm.n_nonzero_.mean())}
+    out = {"n": n, "m": m, "k": k, "solver": solver, "time_s": round(dt, 2), "cpu_s": round(dc, 2),
+           "load_1m": round(load, 2), "peak_rss_gb": round(peak, 3),
+           "fit_gb": round(peak - base, 3), "bound_gb": round(bound["total"] / 2**30, 3),
+           "grams_gb": round(bound.get("grams", 0) / 2**30, 3), "nnz_mean": float(dm.n_nonzero_.mean())}
+    if path["lambdas"]:
+        # path_epochs: epochs summed over lambdas and targets (PathResult.n_iter); path_lambdas: lambdas
+        # solved summed over targets (early stopping ends a target's path before the grid's end)
+        out.update(path_cpu_s=round(path["cpu_s"], 2), path_epochs=path["epochs"], path_lambdas=path["lambdas"])
+    return out
 
 
 THREADS = 1  # BLAS threads per point: on a machine shared with other jobs, more threads than idle cores is slower
@@ -106,13 +140,16 @@ FRESH = False
 
 
 def _cached(n: int, m: int, k: int, solver: str, settings: dict) -> dict | None:
+    """The last line of CACHE for this point that has cpu_s (older lines, wall time only, count as missing)."""
     if FRESH or not CACHE.exists():
         return None
+    hit = None
     for line in CACHE.read_text().splitlines():
         r = json.loads(line)
-        if (r["n"], r["m"], r["k"], r["solver"], r.get("settings", {})) == (n, m, k, solver, settings):
-            return r
-    return None
+        if (r["n"], r["m"], r["k"], r["solver"], r.get("settings", {})) == (n, m, k, solver, settings) \
+                and "cpu_s" in r:
+            hit = r
+    return hit
 
 
 def run_point(n: int, m: int, k: int, solver: str = "gram", timeout: float = 3000, cache: bool = True,
@@ -256,7 +293,21 @@ def status_rates(m: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
 
 
-FEATURES = ("m n^2", "k n^2", "n^2", "1")
+FEATURES = ("m n^2", "k n^2", "n^2", "1")  # the one-model alternative (the model before the split), reported too
+# the Gram fit's CPU time in two measured parts (point() times the path apart from the rest):
+# the path: ~50-60 epochs per target at every point (path_epochs / k, measured; a little more as m / n falls),
+# each epoch n / 256 block GEMMs of n x 256 x k: k n^2; plus per-block and per-epoch work independent of k: n^2
+PATH_FEATURES = ("k n^2", "n^2", "1")
+# the rest, the masks pass and what else reads the rows: X^T X (m n^2), X^T Y and the calibration's
+# scores X W (m n k), the masks' conversion and centring (m n)
+REST_FEATURES = ("m n^2", "m n k", "m n", "1")
+TERMS = {"m n^2": lambda n, m, k: m * n * n, "m n k": lambda n, m, k: m * n * k, "m n": lambda n, m, k: m * n,
+         "k n^2": lambda n, m, k: k * n * n, "n^2": lambda n, m, k: n * n, "1": lambda n, m, k: 1.0}
+
+
+def terms_of(names):
+    """features_of for fit_cost: the named TERMS of a point (n, m, k)."""
+    return lambda p: np.array([TERMS[f](float(p["n"]), float(p["m"]), float(p["k"])) for f in names])
 ST_FEATURES = ("m n k", "m n", "1")
 
 
@@ -295,7 +346,7 @@ def features(p) -> np.ndarray:
 
 
 def fit_cost(points: list[dict], key: str = "time_s", features_of=None) -> np.ndarray:
-    """Non-negative least squares of `key` on FEATURES, each point weighted by 1/value (relative error)."""
+    """Non-negative least squares of `key` on features_of (FEATURES), each point weighted by 1/value (relative error)."""
     from scipy.optimize import nnls
 
     A = np.array([(features_of or features)(p) for p in points])
@@ -309,6 +360,18 @@ def fit_cost(points: list[dict], key: str = "time_s", features_of=None) -> np.nd
 
 def predict(coef: np.ndarray, p: dict) -> float:
     return float(features(p) @ coef)
+
+
+def fit_split(points: list[dict]) -> dict:
+    """The two-part model of the fit's CPU seconds: path_cpu_s on PATH_FEATURES, the rest on REST_FEATURES."""
+    points = [{**p, "path_cpu_s": p.get("path_cpu_s", 0.0)} for p in points]
+    rest = [{**p, "rest_cpu_s": p["cpu_s"] - p["path_cpu_s"]} for p in points]
+    return {"path": fit_cost(points, "path_cpu_s", terms_of(PATH_FEATURES)),
+            "rest": fit_cost(rest, "rest_cpu_s", terms_of(REST_FEATURES))}
+
+
+def predict_split(coef: dict, p: dict) -> float:
+    return float(terms_of(PATH_FEATURES)(p) @ coef["path"] + terms_of(REST_FEATURES)(p) @ coef["rest"])
 
 
 def main() -> None:
@@ -372,18 +435,30 @@ def main() -> None:
                 pts[q] = run_point(*q)
     held = {sweeps[s][-1] for s in sweeps}
     train = [p for q, p in pts.items() if q not in held]
-    coef = fit_cost(train)
-    held_err = {f"{q[0]}x{q[1]}x{q[2]}": round(predict(coef, pts[q]) / pts[q]["time_s"] - 1, 3) for q in sorted(held)}
-    coef_all = fit_cost(list(pts.values()))
+
+    def name(q):
+        return f"{q[0]}x{q[1]}x{q[2]}"
+
+    # the model: CPU seconds (time.process_time of the fit, one BLAS thread: the work, nearly immune to the
+    # other jobs on a shared machine, where wall time varied 2x between runs of one point), two parts
+    split = fit_split(train)
+    held_err = {name(q): round(predict_split(split, pts[q]) / pts[q]["cpu_s"] - 1, 3) for q in sorted(held)}
+    split_all = fit_split(list(pts.values()))
+    # the one-model alternative (FEATURES) on CPU seconds and on wall seconds, for comparison
+    alt = {}
+    for key in ("cpu_s", "time_s"):
+        c = fit_cost(train, key)
+        alt[key] = {"features": FEATURES, "coef_s": [float(x) for x in fit_cost(list(pts.values()), key)],
+                    "heldout_rel_err": {name(q): round(predict(c, pts[q]) / pts[q][key] - 1, 3) for q in sorted(held)}}
     mem_ratio = [p["fit_gb"] / p["bound_gb"] for p in pts.values()]
     # the streaming solver (no n x n matrix): n grows with m, k fixed, side by side with the Gram fit
     # (the first three vary n, then m, then k; the last, the largest n, is held out of the cost model)
     st_grid = [(200, 1500, 20), (400, 1500, 20), (400, 3000, 20), (400, 1500, 40), (800, 1500, 20)] if args.quick \
         else [(1000, 8000, 20), (2000, 8000, 20), (2000, 16000, 20), (2000, 8000, 60), (4000, 8000, 20)]
     st_pts = [run_point(*q, solver="streaming") for q in st_grid]
-    st_coef = fit_cost(st_pts, features_of=st_features)
+    st_coef = fit_cost(st_pts, "cpu_s", features_of=st_features)
     st_held = st_pts[-1]
-    st_coef_wo = fit_cost(st_pts[:-1], features_of=st_features)
+    st_coef_wo = fit_cost(st_pts[:-1], "cpu_s", features_of=st_features)
     st_gram = [pts.get(q) or run_point(*q) for q in st_grid]
     agreement = agree(*((300, 2000, 100) if not args.quick else (100, 800, 30)))
     largest = run_point(args.largest, 3 * args.largest, 50, timeout=6000) if args.largest else None
@@ -393,8 +468,13 @@ def main() -> None:
     def pred(size):
         b = gram_fit_bytes(size["n"], size["k"], 1024)
         sb = streaming_fit_bytes(size["n"], size["m"], size["k"], 1024)
-        return {**size, "time_h_cpu": round(predict(coef_all, size) / 3600, 1),
-                "terms_h": {f: round(float(c * v) / 3600, 2) for f, c, v in zip(FEATURES, coef_all, features(size))},
+        tp = [float(c * v) for c, v in zip(split_all["path"], terms_of(PATH_FEATURES)(size))]
+        tr = [float(c * v) for c, v in zip(split_all["rest"], terms_of(REST_FEATURES)(size))]
+        return {**size, "time_h_cpu": round(predict_split(split_all, size) / 3600, 1),
+                "path_h_cpu": round(sum(tp) / 3600, 1), "rest_h_cpu": round(sum(tr) / 3600, 1),
+                "terms_h": {**{f"path {f}": round(v / 3600, 2) for f, v in zip(PATH_FEATURES, tp)},
+                            **{f"rest {f}": round(v / 3600, 2) for f, v in zip(REST_FEATURES, tr)}},
+                "time_h_cpu_one_model": round(predict(np.array(alt["cpu_s"]["coef_s"]), size) / 3600, 1),
                 "gram_bound_gb": round(b["total"] / 2**30, 1), "grams_gb": round(b["grams"] / 2**30, 1),
                 "streaming_bound_gb": round((sb["total"] + 4 * size["m"] * size["k"]) / 2**30, 1)}
 
@@ -404,15 +484,22 @@ def main() -> None:
                                       f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB",
         "base": {"n": n0, "m": m0, "k": k0},
         "points": sorted(pts.values(), key=lambda p: (p["n"], p["m"], p["k"])),
-        "cost_model": {"features": FEATURES, "coef_s": [float(c) for c in coef_all],
-                       "heldout_rel_err": held_err, "fitted_without": sorted(f"{q[0]}x{q[1]}x{q[2]}" for q in held)},
+        "cost_model": {"time": "cpu_s: CPU seconds of the fit's process (time.process_time), one BLAS thread",
+                       "model": "cpu_s = path (path_cpu_s, measured apart) + rest, each non-negative least "
+                                "squares with relative weights",
+                       "path_features": PATH_FEATURES, "path_coef_s": [float(c) for c in split_all["path"]],
+                       "rest_features": REST_FEATURES, "rest_coef_s": [float(c) for c in split_all["rest"]],
+                       "heldout_rel_err": held_err, "fitted_without": sorted(name(q) for q in held),
+                       "path_epochs_per_target": {name(q): round(p.get("path_epochs", 0) / p["k"], 1)
+                                                  for q, p in sorted(pts.items())},
+                       "one_model_cpu_s": alt["cpu_s"], "one_model_wall_s": alt["time_s"]},
         "memory": {"fit_over_bound_max": round(max(mem_ratio), 3), "fit_over_bound_min": round(min(mem_ratio), 3)},
         "streaming": {
-            "points": st_pts, "features": ST_FEATURES, "coef_s": [float(c) for c in st_coef],
+            "points": st_pts, "time": "cpu_s", "features": ST_FEATURES, "coef_s": [float(c) for c in st_coef],
             "heldout_rel_err": {f"{st_held['n']}x{st_held['m']}x{st_held['k']}":
-                                round(float(st_features(st_held) @ st_coef_wo) / st_held["time_s"] - 1, 3)},
-            "time_over_gram": {f"{p['n']}x{p['m']}x{p['k']}": round(p["time_s"] / q["time_s"], 2)
-                               for p, q in zip(st_pts, st_gram)},
+                                round(float(st_features(st_held) @ st_coef_wo) / st_held["cpu_s"] - 1, 3)},
+            "cpu_over_gram": {f"{p['n']}x{p['m']}x{p['k']}": round(p["cpu_s"] / q["cpu_s"], 2)
+                              for p, q in zip(st_pts, st_gram)},
             "agreement": agreement,
             "predict_imagenet_h_cpu": round(float(st_features(IMAGENET) @ st_coef) / 3600, 1),
             "predict_cifar10_h_cpu": round(float(st_features(CIFAR) @ st_coef) / 3600, 1),
