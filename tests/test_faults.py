@@ -50,11 +50,30 @@ _REFERENCE: dict = {}
 
 
 def reference_margins(tmp_path_factory, data_dir: Path) -> np.ndarray:
-    """margins float32[N_REFERENCE, k] of an uninterrupted local run (computed once per session)."""
+    """margins float32[N_REFERENCE, k] of an uninterrupted run (computed once per session).
+
+    Trained here, block after block, by the worker's own run_block with the worker's thread limit:
+    the rows a pool worker writes, without starting a driver and a pool (most of a run's time here).
+    """
     if "margins" not in _REFERENCE:
+        import torch
+
+        from datamodels.exec.worker import limit_threads, run_block
+
         run = make_run(tmp_path_factory.mktemp("reference"), data_dir, N_REFERENCE, 25)
-        r = cli("run", run.path, "--workers", 2, "--quiet")
-        assert r.returncode == 0, r.stderr
+        saved_env = {v: os.environ.get(v) for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+        saved_threads = torch.get_num_threads()
+        limit_threads(run.spec.trainer.threads)
+        try:
+            for s in range(0, N_REFERENCE, 25):
+                assert run_block(run, np.arange(s, s + 25)) == 25
+        finally:
+            torch.set_num_threads(saved_threads)
+            for v, x in saved_env.items():
+                if x is None:
+                    os.environ.pop(v, None)
+                else:
+                    os.environ[v] = x
         store = Store.open(run.store_path)
         assert store.status()["done"] == N_REFERENCE
         _REFERENCE["margins"] = store.read(np.arange(N_REFERENCE))[1]
