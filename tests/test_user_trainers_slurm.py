@@ -54,12 +54,23 @@ def test_user_trainers_give_the_same_rows_and_failures_locally_and_on_slurm(slur
     r = _cli("init", spec, tmp_path / "local", env=env)
     assert r.returncode == 0, r.stderr
     shutil.copytree(tmp_path / "local", tmp_path / "slurm")  # the same empty run, as a second `init` makes it
+    # both runs at once: the local run (a driver, then one worker) keeps one core busy while SLURM's driver waits
+    procs = {}
     for executor in ("local", "slurm"):
-        run = tmp_path / executor
         args = ["--workers", "1"] if executor == "local" else ["--poll", "0.5"]
-        r = _cli("run", run, "--executor", executor, "--quiet", *args, env=env)
-        assert r.returncode == 1, r.stdout + r.stderr + (slurm_cluster.logs() if executor == "slurm" else "")
-        assert "11 of 12 models done" in r.stdout and "1 failed rows" in r.stdout, r.stdout
+        procs[executor] = subprocess.Popen([sys.executable, "-m", "datamodels.cli", "run", str(tmp_path / executor),
+                                            "--executor", executor, "--quiet", *args], env=env,
+                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        outs = {executor: p.communicate(timeout=400) for executor, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
+    for executor, (out, err) in outs.items():
+        assert procs[executor].returncode == 1, out + err + (slurm_cluster.logs() if executor == "slurm" else "")
+        assert "11 of 12 models done" in out and "1 failed rows" in out, out
     local, slurm = (open_run(tmp_path / e).store(mode="r") for e in ("local", "slurm"))
     for store in (local, slurm):
         assert np.flatnonzero(~store.done_mask()).tolist() == [bad]
