@@ -18,6 +18,14 @@ does not beat the plain lasso here would not beat it with an honest choice.
   (the rank of training image i among target t's nearest images, in 10 bins, times
   same label or not), fitted by least squares on all targets at once; then the lasso
   on the residual margins (the lasso corrects the prior).
+* ``trak_prior``: TRAK-style gradient-feature scores from --trak-models of the engine's
+  own models (the reference trainer, fresh alpha-0.5 subsets, seeds from 2,600,000,000):
+  per model the margin's gradient for every training and target example, randomly
+  projected to --trak-dim dimensions, scores phi_t (Phi^T Phi + ridge)^-1 phi_i (1 - p_i),
+  averaged over the models; alone (``trak_alone``) and as the prior the lasso corrects
+  (``trak_prior_then_lasso``: scaled per target by least squares on the training models,
+  then the lasso on the residual margins). Costs --trak-models trainings, counted in the
+  output.
 
     python analysis/estimator_probes.py [--model mlp] [--sizes 1000,2000,5000]
 
@@ -56,7 +64,60 @@ def pixel_basis(run) -> np.ndarray:
                      for lab in (True, False) for lo, hi in zip(edges[:-1], edges[1:])])
 
 
-def probes(run, gt, masks, margins, dm, basis, spec) -> dict:
+TRAK_OFFSET = 2_600_000_000
+
+
+def trak_scores(spec, run, n_models: int, dim: int, seed: int = 0) -> np.ndarray:
+    """float64[n, k] TRAK-style scores (higher: example i raises target t's margin), cached in RUN/eval."""
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    from datamodels.seeds import sample_mask
+    from datamodels.train.block import load_train_data
+    from datamodels.train.reference import train_module
+
+    cache = run.path / "eval" / f"trak-{n_models}-{dim}-{seed}.npz"
+    if cache.is_file():
+        return np.load(cache)["scores"]
+    torch.set_num_threads(1)
+    data = load_train_data(spec, run.data_dir)
+    e = spec.experiment
+    n = data.x.shape[0]
+    total = None
+    gen = torch.Generator().manual_seed(seed)
+    for j in range(n_models):
+        index = TRAK_OFFSET + j
+        mask = sample_mask(e.seed, index, n, e.alpha, e.sampler)
+        net = train_module(spec, data, index, mask)
+        params = {k: v.detach() for k, v in net.named_parameters()}
+
+        def margin(p, x, own):
+            logits = functional_call(net, p, (x[None],))[0]
+            return (logits * own).sum() - torch.logsumexp(logits - 1e9 * own, 0)
+
+        def features(x, y):
+            own = torch.nn.functional.one_hot(y, data.n_classes).to(x.dtype)
+            g = vmap(grad(margin), in_dims=(None, 0, 0))(params, x, own)
+            return torch.cat([v.reshape(len(x), -1) for v in g.values()], 1)
+
+        p_dim = sum(v.numel() for v in params.values())
+        P = torch.randn(p_dim, dim, generator=gen) / dim ** 0.5
+        phi = features(data.x, data.y) @ P  # [n, dim]
+        phi_t = features(data.target_x, data.target_y) @ P  # [k, dim]
+        with torch.no_grad():
+            prob = torch.softmax(net(data.x), 1).gather(1, data.y[:, None])[:, 0]
+        K = phi.T.double() @ phi.double()
+        K += 1e-3 * torch.trace(K) / dim * torch.eye(dim, dtype=K.dtype)
+        s = (phi_t.double() @ torch.linalg.solve(K, phi.T.double())) * (1 - prob.double())[None, :]  # [k, n]
+        total = s if total is None else total + s
+    scores = (total / n_models).T.numpy()
+    from datamodels.io import save_npz
+
+    save_npz(cache, scores=scores)
+    return scores
+
+
+def probes(run, gt, masks, margins, dm, basis, spec, trak=None) -> dict:
     from datamodels.evaluate import lds_ground_truth
     from datamodels.regress import Datamodels
     from datamodels.regress.solver import lasso_at
@@ -102,6 +163,14 @@ def probes(run, gt, masks, margins, dm, basis, spec) -> dict:
     res = Datamodels(n_lambdas=f.n_lambdas, lambda_ratio=f.lambda_ratio, val_fraction=f.val_fraction,
                      max_iter=f.max_iter, tol=f.tol, calibration="none").fit(masks, (Y - X @ Wp).astype(np.float32))
     out["pixel_prior_then_lasso"] = lds(Wp + res.coef_)
+    if trak is not None:
+        out["trak_alone"] = lds(trak)
+        P = Xc @ trak
+        scale = (P * Yc).sum(0) / np.maximum((P * P).sum(0), 1e-12)
+        Wt = trak * scale
+        res = Datamodels(n_lambdas=f.n_lambdas, lambda_ratio=f.lambda_ratio, val_fraction=f.val_fraction,
+                         max_iter=f.max_iter, tol=f.tol, calibration="none").fit(masks, (Y - X @ Wt).astype(np.float32))
+        out["trak_prior_then_lasso"] = lds(Wt + res.coef_)
     return out
 
 
@@ -110,6 +179,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="mlp")
     p.add_argument("--sizes", default="1000,2000,5000")
     p.add_argument("--out", default=str(REPO / "runs" / "lds_curve"))
+    p.add_argument("--trak-models", type=int, default=20, help="models for the TRAK-style prior (0: skip it)")
+    p.add_argument("--trak-dim", type=int, default=1024, help="random projection of the gradient features")
     a = p.parse_args(argv)
     from lds_curve import fit_path
 
@@ -124,14 +195,16 @@ def main(argv=None) -> int:
     gt = train_ground_truth(spec, run.data_dir, run.path / "eval", n_subsets=100, runs=5, offset=GT_OFFSET,
                             min_offset=store.n_models, progress=False, n_train=store.n_train)
     basis = pixel_basis(run)
+    trak = trak_scores(spec, run, a.trak_models, a.trak_dim) if a.trak_models else None
     result = {"experiment": "estimator probes: upper bounds (knobs chosen on the ground truth) vs the plain lasso",
-              "model": a.model, "ground_truth": gt.protocol, "sizes": {}}
+              "model": a.model, "ground_truth": gt.protocol, "sizes": {},
+              "trak": {"models": a.trak_models, "dim": a.trak_dim, "index_offset": TRAK_OFFSET}}
     for N in (int(s) for s in a.sizes.split(",")):
         path = fit_path(run.path, N, "lasso")
         if not path.exists():
             raise SystemExit(f"{path} does not exist: run analysis/lds_curve.py --sizes {N} first.")
         masks, margins = store.read(np.arange(N))
-        r = probes(run, gt, masks, margins, Datamodels.load(path), basis, spec)
+        r = probes(run, gt, masks, margins, Datamodels.load(path), basis, spec, trak)
         best = max((v, k) for k, v in r.items() if k != "lasso")
         r["best_probe"] = {"name": best[1], "lds": best[0], "gain_over_lasso": round(best[0] - r["lasso"], 4)}
         result["sizes"][str(N)] = r

@@ -35,6 +35,15 @@ def train_reference(spec, data, indices: np.ndarray, masks: np.ndarray, outputs)
 
 def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) -> dict[str, np.ndarray]:
     """Train model ``index`` on ``mask: bool[n]`` alone; {"margins": float32[k], ...}."""
+    net = train_module(spec, data, index, mask)
+    with torch.no_grad():
+        out = outputs_from_logits(net(data.target_x), data.target_y, outputs)
+    return {k: v.cpu().numpy() for k, v in out.items()}
+
+
+def train_module(spec, data, index: int, mask: np.ndarray) -> torch.nn.Module:
+    """Model ``index`` trained on ``mask: bool[n]`` alone, as an ``nn.Module`` in eval mode (for methods that
+    need the trained model itself, such as gradient features)."""
     tr = spec.trainer
     rng = model_rng(spec.experiment.seed, int(index), INIT_STREAM)
     net = build_module(spec, tuple(data.x.shape[1:]), data.n_classes, init_sources(spec, [rng])[0])
@@ -63,7 +72,4 @@ def train_one(spec, data, index: int, mask: np.ndarray, outputs=("margins",)) ->
             loss.backward()
             opt.step()
             step += 1
-    net.eval()
-    with torch.no_grad():
-        out = outputs_from_logits(net(data.target_x), data.target_y, outputs)
-    return {k: v.cpu().numpy() for k, v in out.items()}
+    return net.eval()
