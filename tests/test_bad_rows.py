@@ -19,13 +19,18 @@ TINY = {**SMALL, "experiment": {**SMALL["experiment"], "n_models": 8, "block_siz
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A run of 8 linear models, all trained (made once for this module; tests copy it)."""
+    """A run of 8 linear models, all trained (made once for this module; tests copy it).
+
+    Made in this process (init_run, and the worker's run_block): the tests' own `datamodels` commands
+    act on it, and starting an init and a run with its worker here cost more than the whole module's checks.
+    """
+    from datamodels.exec.worker import run_block
+    from datamodels.runs import init_run
+
     d = tmp_path_factory.mktemp("bad_rows")
-    spec = write_spec(d / "tiny.toml", **TINY)
-    rc, _, err = cli("init", spec, d / "run")
-    assert rc == 0, err
-    rc, _, err = cli("run", d / "run", "--quiet", "--workers", 1)
-    assert rc == 0, err
+    run = init_run(write_spec(d / "tiny.toml", **TINY), d / "run")
+    assert run_block(run, np.arange(8)) == 8
+    assert run.store(mode="r").status()["done"] == 8
     return d / "run"
 
 
