@@ -18,17 +18,12 @@ import numpy as np
 import pytest
 
 from conftest import SMALL, write_spec
-from datamodels.runs import open_run
+from datamodels.runs import init_run, open_run
 from slurm_cluster import slurm_cluster  # noqa: F401 - the session fixture
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 SCRIPT = Path(__file__).with_name("user_trainers.py")
-
-
-def _cli(*args, env=None, timeout=400):
-    return subprocess.run([sys.executable, "-m", "datamodels.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 @pytest.mark.parametrize("kind", ["python", "command"])
@@ -51,8 +46,7 @@ def test_user_trainers_give_the_same_rows_and_failures_locally_and_on_slurm(slur
                                                 "fit": {"holdout": 2, "n_lambdas": 5}})
     env = {**os.environ, **slurm_cluster.env,
            "PYTHONPATH": os.pathsep.join(p for p in (str(code), os.environ.get("PYTHONPATH", "")) if p)}
-    r = _cli("init", spec, tmp_path / "local", env=env)
-    assert r.returncode == 0, r.stderr
+    init_run(spec, tmp_path / "local")  # in this process: `init` imports nothing the spec names
     shutil.copytree(tmp_path / "local", tmp_path / "slurm")  # the same empty run, as a second `init` makes it
     # both runs at once: the local run (a driver, then one worker) keeps one core busy while SLURM's driver waits
     procs = {}
