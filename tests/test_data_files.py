@@ -150,3 +150,28 @@ def test_bad_input_one_sentence(tmp_path, case):
     rc, _, err = cli("init", spec_file(tmp_path / "s.toml", data), tmp_path / "run")
     assert_one_sentence(rc, err, *words)
     assert not (tmp_path / "run" / "store.zarr").exists()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "uint8"])
+def test_a_written_beton_comes_with_its_decoded_cache_equal_to_ffcvs_decoding(tmp_path, dtype):
+    """Workers read the cache written with the .beton (no FFCV import); it must be exactly what FFCV decodes."""
+    from datamodels.data.beton import _decode_beton, read_array_beton, write_array_beton
+
+    rng = np.random.default_rng(0)
+    images = (rng.random((37, 1, 5, 4)) * 255).astype(dtype)
+    labels = rng.integers(0, 10, 37)
+    path = write_array_beton(tmp_path / "train.beton", images, labels)
+    cache = path.with_suffix(".decoded.npz")
+    assert cache.is_file()
+    x, y = _decode_beton(path)
+    with np.load(cache) as z:
+        assert z["images"].dtype == x.dtype and z["labels"].dtype == y.dtype
+        np.testing.assert_array_equal(z["images"], x)
+        np.testing.assert_array_equal(z["labels"], y)
+    tx, ty = read_array_beton(path)
+    np.testing.assert_array_equal(tx.numpy(), images)
+    np.testing.assert_array_equal(ty.numpy(), labels)
+    cache.unlink()  # a missing cache is rebuilt from the .beton, the same arrays
+    tx2, _ = read_array_beton(path)
+    np.testing.assert_array_equal(tx2.numpy(), images)
+    assert cache.is_file()

@@ -29,6 +29,8 @@ def write_array_beton(path: str | Path, images: np.ndarray, labels: np.ndarray) 
     """Write images[N, ...] (float32 or uint8, kept as given) and labels int[N] as an FFCV .beton.
 
     The file appears by atomic rename: readers never see a half-written one.
+    Its decoded cache (see :func:`read_array_beton`) is written from the same
+    arrays right after, so no worker pays FFCV's import and compile to read it.
     """
     from ffcv.fields import IntField, NDArrayField
     from ffcv.writer import DatasetWriter
@@ -45,7 +47,19 @@ def write_array_beton(path: str | Path, images: np.ndarray, labels: np.ndarray) 
             num_workers=1,
         )
         writer.from_indexed_dataset(_ArrayDataset(images, np.asarray(labels)))
+    save_npz(_cache_path(path), images=images, labels=np.asarray(labels).astype(np.int64).reshape(-1),
+             stamp=_stamp(path))
     return path
+
+
+def _cache_path(path: Path) -> Path:
+    return path.with_suffix(".decoded.npz")
+
+
+def _stamp(path: Path) -> np.ndarray:
+    """What ties a decoded cache to its .beton: size and modification time."""
+    st = path.stat()
+    return np.array([st.st_size, st.st_mtime_ns], dtype=np.int64)
 
 
 def read_array_beton(path: str | Path, device="cpu") -> tuple["torch.Tensor", "torch.Tensor"]:
@@ -55,13 +69,14 @@ def read_array_beton(path: str | Path, device="cpu") -> tuple["torch.Tensor", "t
     trainer, so one sequential pass through FFCV's loader reads them once.
     That pass costs 5-9 s per process (numba compiles the pipeline), which
     dominates a short SLURM task; the decoded arrays are therefore cached
-    beside the .beton (``NAME.decoded.npz``) and reused while the .beton is unchanged.
+    beside the .beton (``NAME.decoded.npz``, written by :func:`write_array_beton`
+    with the file, rebuilt here if missing or stale) and reused while the .beton is unchanged.
     """
     path = Path(path)
     if not path.is_file():
         raise DatamodelsError(f"dataset file {str(path)!r} does not exist.")
-    cache = path.with_suffix(".decoded.npz")
-    stamp = np.array([path.stat().st_size, path.stat().st_mtime_ns], dtype=np.int64)
+    cache = _cache_path(path)
+    stamp = _stamp(path)
     x = y = None
     if cache.is_file():
         try:
