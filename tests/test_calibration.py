@@ -129,3 +129,43 @@ def test_a_stored_fit_gains_or_drops_its_calibration_without_being_solved_again(
     off = fit_store(store, dataclasses.replace(spec.fit, calibration="none"), path, progress=False,
                     on_block=lambda b, t: solved.append(b))
     assert solved == [] and off.calibration_ is None and Datamodels.load(path).calibration_ is None
+
+
+def test_a_target_fitted_without_its_own_example_is_calibrated_on_those_rows_only():
+    """exclude_self: the score cannot see the target's own example, so rows that trained on it (margin lifted by
+    the self effect) must not lift g; the calibrated margin then matches the rows without it."""
+    rng = np.random.default_rng(3)
+    m, n, k = 4000, 20, 3
+    masks = rng.random((m, n)) < 0.5
+    W = rng.normal(size=(n, k)) * 0.3
+    own = np.array([2, 7, 11])
+    margins = masks @ W + 4.0 * masks[:, own] + 0.05 * rng.standard_normal((m, k))
+    dm = Datamodels(n_lambdas=10, exclude_self=own).fit(masks, margins)
+    attr = Attribution.from_datamodels(dm)
+    for t, i in enumerate(own):
+        rows = ~masks[:, i]
+        lin = attr.predict(masks[rows], [t])[:, 0]
+        cal = calibrate(dm.calibration_, lin[:, None], [t])[:, 0]
+        assert abs(np.mean(margins[rows, t] - cal)) < 0.05, t
+        assert abs(np.mean(margins[rows, t] - lin)) < 0.05, t
+
+
+def test_a_torn_calibration_is_computed_again_and_a_backwards_score_stays_flat_at_the_mean(tmp_path):
+    from datamodels.regress.fit_store import fit_store
+    from datamodels.regress.storage import open_fit
+    from test_regress import small_store
+
+    store, spec = small_store(tmp_path)
+    path = tmp_path / "fit.zarr"
+    dm = fit_store(store, spec.fit, path, progress=False)
+    g = open_fit(path)
+    g["calibration"][...] = np.nan  # created, never filled: a writer killed in between
+    back = fit_store(store, spec.fit, path, progress=False)
+    np.testing.assert_allclose(back.calibration_, dm.calibration_, rtol=1e-12)
+    # a score that runs against the margin: g is flat at the mean margin, never decreasing
+    x = np.r_[np.zeros(300), np.ones(100)][:, None]
+    sums = CalibrationSums(np.eye(1), np.zeros(1))
+    sums.add(x[:7], 5 - 3 * x[:7])
+    sums.add(x[7:], 5 - 3 * x[7:])
+    cal = sums.solve()
+    np.testing.assert_allclose(calibrate(cal, np.array([[-5.0], [0.0], [1.0], [9.0]]))[:, 0], 4.25)

@@ -36,12 +36,16 @@ ROWS = DEGREE + 7  # c0..c3, center, scale, lo, hi (checked), observed lo, obser
 class CalibrationSums:
     """Power sums of the standardised score (and of it times the margin), accumulated row block by block."""
 
-    def __init__(self, coef: np.ndarray, intercept: np.ndarray):
+    def __init__(self, coef: np.ndarray, intercept: np.ndarray, exclude: np.ndarray | None = None):
         # the weights as the fit keeps them (float32: no copy); scores are summed in float32 over at most
         # SUB_ROWS rows at a time, so the pass adds only O(SUB_ROWS * (n + k)) to the fit's memory
         self.W = np.asarray(coef, dtype=np.float32)
         self.b = np.asarray(intercept, dtype=np.float64)
         k = self.W.shape[1]
+        # a target fitted without the models that trained on its own example (exclude_self, int[k], -1 for none)
+        # is calibrated on those rows too: its score cannot see its own example, the other rows would lift g
+        ex = None if exclude is None else np.asarray(exclude, dtype=np.int64)
+        self.own = None if ex is None or not (ex >= 0).any() else (np.flatnonzero(ex >= 0), ex[ex >= 0])
         self.center = self.scale = None
         self.su = np.zeros((2 * DEGREE + 1, k))  # sum u^j, j = 0..6
         self.suy = np.zeros((DEGREE + 1, k))  # sum u^j y
@@ -62,14 +66,18 @@ class CalibrationSums:
             sd = s.std(axis=0)
             self.scale = np.where(sd > 1e-12 * (1 + np.abs(self.center)), sd, 1.0)
         u = (s - self.center) / self.scale
-        p = np.ones_like(u)
+        w = np.ones_like(u)
+        if self.own is not None:
+            cols, ex = self.own
+            w[:, cols] = ~masks[:, ex]
+        p = w
         for j in range(2 * DEGREE + 1):
             self.su[j] += p.sum(axis=0)
             if j <= DEGREE:
                 self.suy[j] += (p * y).sum(axis=0)
             p = p * u
-        self.lo = np.minimum(self.lo, s.min(axis=0, initial=np.inf))
-        self.hi = np.maximum(self.hi, s.max(axis=0, initial=-np.inf))
+        self.lo = np.minimum(self.lo, np.where(w > 0, s, np.inf).min(axis=0, initial=np.inf))
+        self.hi = np.maximum(self.hi, np.where(w > 0, s, -np.inf).max(axis=0, initial=-np.inf))
 
     def solve(self) -> np.ndarray:
         """The calibration float64[10, k] (see the module doc)."""
@@ -96,10 +104,11 @@ class CalibrationSums:
             line = np.zeros((int(bad.sum()), 2))
             fine = np.abs(np.linalg.det(A2)) > 1e-12 * np.abs(A2[:, 0, 0] * A2[:, 1, 1]).clip(1e-300)
             line[fine] = np.linalg.solve(A2[fine], r2[fine])[..., 0]
-            line[~fine, 0] = r2[~fine, 0, 0] / np.maximum(A2[~fine, 0, 0], 1)
+            flat = ~fine | (line[:, 1] < 0)  # a score that anti-correlates keeps its own order: flat at the mean
+            line[flat, 0] = r2[flat, 0, 0] / np.maximum(A2[flat, 0, 0], 1)
+            line[flat, 1] = 0.0
             c[bad] = 0.0
             c[bad, :2] = line
-            c[bad, 1] = np.maximum(c[bad, 1], 0.0)  # a score that anti-correlates keeps its own order, flat
         out[:DEGREE + 1] = c.T
         out[DEGREE + 1] = self.center
         out[DEGREE + 2] = self.scale
@@ -108,6 +117,11 @@ class CalibrationSums:
         out[DEGREE + 5] = self.lo
         out[DEGREE + 6] = self.hi
         return out
+
+
+def torn(cal: np.ndarray | None) -> bool:
+    """A calibration array created but never filled (a writer killed in between): every center is NaN."""
+    return cal is not None and cal.shape[1] > 0 and not np.isfinite(cal[DEGREE + 1]).any()
 
 
 def increasing(c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
@@ -157,9 +171,11 @@ def observed(cal: np.ndarray, cols=None) -> tuple[np.ndarray, np.ndarray]:
     return cal[DEGREE + 5], cal[DEGREE + 6]
 
 
-def calibration_of(rows, coef: np.ndarray, intercept: np.ndarray, m: int) -> np.ndarray:
-    """The calibration float64[10, k] of fitted weights from rows(0, m) (one pass over the fit's rows)."""
-    sums = CalibrationSums(coef, intercept)
+def calibration_of(rows, coef: np.ndarray, intercept: np.ndarray, m: int,
+                   exclude: np.ndarray | None = None) -> np.ndarray:
+    """The calibration float64[10, k] of fitted weights from rows(0, m) (one pass over the fit's rows);
+    exclude: the fit's exclude_self (int[k], -1 for none) or None."""
+    sums = CalibrationSums(coef, intercept, exclude)
     for mb, yb in rows(0, m):
         sums.add(mb, yb)
     return sums.solve()

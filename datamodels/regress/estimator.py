@@ -205,15 +205,16 @@ class Datamodels:
 
         self.fit_rows(rows, m, n_val, masks.shape[1], k, exclude)
         if self.calibration == "cubic":
-            self.calibrate_rows(rows, m)
+            self.calibrate_rows(rows, m, exclude)
         return self
 
-    def calibrate_rows(self, rows: Callable, m: int) -> "Datamodels":
-        """Fit ``calibration_`` (:mod:`.calibration`) to rows(0, m), the fit's rows: one pass. Returns self."""
+    def calibrate_rows(self, rows: Callable, m: int, exclude: np.ndarray | None = None) -> "Datamodels":
+        """Fit ``calibration_`` (:mod:`.calibration`) to rows(0, m), the fit's rows: one pass. exclude: the
+        fit's exclude_self (int[k], -1 for none). Returns self."""
         from .calibration import calibration_of
 
         self._check_fitted()
-        self.calibration_ = calibration_of(rows, self.coef_, self.intercept_, m)
+        self.calibration_ = calibration_of(rows, self.coef_, self.intercept_, m, exclude)
         return self
 
     def n_val(self, m: int) -> int:

@@ -260,16 +260,17 @@ def fit_store(store, fit_spec, out_path, progress: bool = True, force: bool = Fa
 
 def calibrate_fit(g, plan: FitPlan, store) -> np.ndarray | None:
     """Bring a complete fit group's calibration in line with the plan's setting (one pass over the fit's
-    rows when it is missing); records the setting. Returns the calibration (None for "none")."""
-    from .calibration import calibration_of
+    rows when it is missing or was left unfilled by a killed writer); records the setting. Returns the
+    calibration (None for "none")."""
+    from .calibration import calibration_of, torn
     from .storage import read_calibration
 
     want = plan.settings.get("calibration", "none")
     settings = dict(g.attrs["settings"])
     cal = read_calibration(g)
-    if want == "cubic" and (cal is None or settings.get("calibration") != "cubic"):
+    if want == "cubic" and (cal is None or torn(cal) or settings.get("calibration") != "cubic"):
         check_rows(store, plan.idx)
-        cal = calibration_of(plan.rows(store), g["weight"][...], g["bias"][...], plan.m)
+        cal = calibration_of(plan.rows(store), g["weight"][...], g["bias"][...], plan.m, plan.exclude)
         write_calibration(g, cal)
     elif want != "cubic" and cal is not None:
         del g["calibration"]
