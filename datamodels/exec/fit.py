@@ -86,13 +86,15 @@ def fit_status(run: Run) -> dict | None:
     fit)}.
     """
     from ..regress.fit_store import recorded_blocks_finished
+    from ..regress.calibration import torn
     from ..regress.storage import blocks_done, open_fit, read_calibration
 
-    g = open_fit(run.fit_path)
+    g = open_fit(run.fit_path, mode="r")
     if g is not None and g.attrs.get("complete") and blocks_done(g).all():
         settings = dict(g.attrs.get("settings", {}))
+        cal = read_calibration(g)
         return {"state": "complete", "targets": int(g["bias"].shape[0]),
-                "calibrated": read_calibration(g) is not None, "estimator": settings.get("estimator", "lasso")}
+                "calibrated": cal is not None and not torn(cal), "estimator": settings.get("estimator", "lasso")}
     parts = parts_of(run)
     rec = parts.plan()
     if rec is not None:

@@ -382,7 +382,7 @@ def recorded_blocks_finished(rec: dict, out_path, parts: FitParts) -> np.ndarray
     """:func:`blocks_finished` of a recorded plan (plan.json's {"sha", "n_blocks", "settings"}), without
     rebuilding it from the store (`datamodels status`)."""
     done = parts.written(rec["sha"], int(rec["n_blocks"]))
-    g = open_fit(out_path)
+    g = open_fit(out_path, mode="r")
     if g is not None and not settings_diff(dict(g.attrs.get("settings", {})), rec["settings"]):
         have = blocks_done(g)
         if len(have) == len(done):

@@ -55,13 +55,14 @@ def create_fit(path, n: int, k: int, L: int, block: int, settings: dict[str, Any
     return g
 
 
-def open_fit(path) -> zarr.Group | None:
-    """The fit group at `path`, or None if there is none. Refuses something else at that path."""
+def open_fit(path, mode: str = "r+") -> zarr.Group | None:
+    """The fit group at `path`, or None if there is none. Refuses something else at that path.
+    mode "r" for readers that never write (status on a read-only copy)."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        g = zarr.open_group(str(path), mode="r+")
+        g = zarr.open_group(str(path), mode=mode)
     except Exception:  # noqa: BLE001 - any unreadable thing at the path is the same user error
         raise DatamodelsError(f"fit path = {str(path)!r} exists but is not a zarr group of fitted datamodels.") from None
     if g.attrs.get("format") != FORMAT:
