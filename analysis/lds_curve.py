@@ -30,7 +30,11 @@ from other jobs): 5,500 MLPs in 29 min on 2 workers (100 MLPs x 40 epochs
 take 5.9 CPU-s alone, about 3x that under this load), 5,500 linear models in
 10 min, the ground truth (500 models, 1 thread) 9 min for MLPs and 2 min for
 linear models; one fit at N = 1,000 (m < n, the solver's slow case) 11-27
-min, at 2,000 4-8 min, at 5,000 1-4 min, each estimator.
+min, at 2,000 4-8 min, at 5,000 1-4 min, each estimator. Measured again on
+the same host at load ~3 (one BLAS thread, the plain lasso): N = 1,000 27 s
+(18 CPU s), N = 1,500 22 s (the minutes above: load 9-12, earlier solver). A design whose
+masks repeat (each subset trained twice) is still slow: 344-571 s at 1,000
+subsets (analysis/subset_design.py).
 
 The table (estimator x size, MLP and linear LDS) goes to stderr.
 
