@@ -32,9 +32,8 @@ take 5.9 CPU-s alone, about 3x that under this load), 5,500 linear models in
 linear models; one fit at N = 1,000 (m < n, the solver's slow case) 11-27
 min, at 2,000 4-8 min, at 5,000 1-4 min, each estimator. Measured again on
 the same host at load ~3 (one BLAS thread, the plain lasso): N = 1,000 27 s
-(18 CPU s), N = 1,500 22 s (the minutes above: load 9-12, earlier solver). A design whose
-masks repeat (each subset trained twice) is still slow: 344-571 s at 1,000
-subsets (analysis/subset_design.py). The 20,000 point, same host at load ~3:
+(18 CPU s), N = 1,500 22 s (the minutes above: load 9-12, earlier solver);
+1,000 subsets x 2 seeds 23 s. The 20,000 point, same host at load ~3:
 15,000 more MLPs in 13 min and 15,000 linear models in 8 min on 2 workers;
 each fit at N = 20,000 6-7 s.
 

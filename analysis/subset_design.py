@@ -46,10 +46,13 @@ def fit_lds(spec, masks, margins, gt) -> tuple[float, float]:
     from datamodels.evaluate import lds_ground_truth
     from datamodels.regress import Datamodels
 
+    from threadpoolctl import threadpool_limits
+
     f = spec.fit
     t = time.time()
-    dm = Datamodels(n_lambdas=f.n_lambdas, lambda_ratio=f.lambda_ratio, val_fraction=f.val_fraction,
-                    max_iter=f.max_iter, tol=f.tol, calibration="none").fit(masks, margins)
+    with threadpool_limits(1):  # fit_s comparable between designs: oversubscribed BLAS threads are many times slower
+        dm = Datamodels(n_lambdas=f.n_lambdas, lambda_ratio=f.lambda_ratio, val_fraction=f.val_fraction,
+                        max_iter=f.max_iter, tol=f.tol, calibration="none").fit(masks, margins)
     return round(lds_ground_truth(dm.predict(gt.masks), gt)["lds"], 4), round(time.time() - t, 1)
 
 
