@@ -27,7 +27,8 @@ g(s)`` (delta the linear change above), which measured closer to what
 retraining shows when many influencers go at once. The order of subsets and
 of influencers is unchanged (g increases); ``linear=True`` gives the linear
 numbers, and a counterfactual reports both, and whether its scores leave the
-range the calibration saw (``"extrapolated"``: the full pool usually does).
+range the calibration saw (``"extrapolated"``; the full pool can: on the digits MLP its
+scores stayed inside that range).
 
 Score matrix convention (:meth:`Attribution.scores`): ``scores[i, j] = W[i, j]``,
 shape ``[n_train, n_targets]``, higher = training example i pushes target j's
