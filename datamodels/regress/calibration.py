@@ -38,7 +38,7 @@ class CalibrationSums:
 
     def __init__(self, coef: np.ndarray, intercept: np.ndarray, exclude: np.ndarray | None = None):
         # the weights as the fit keeps them (float32: no copy); scores are summed in float32 over at most
-        # SUB_ROWS rows at a time, so the pass adds only O(SUB_ROWS * (n + k)) to the fit's memory
+        # SUB_ELEMENTS mask elements at a time, so the pass adds only O(SUB_ELEMENTS (1 + k / n)) to the fit's memory
         self.W = np.asarray(coef, dtype=np.float32)
         self.b = np.asarray(intercept, dtype=np.float64)
         k = self.W.shape[1]
