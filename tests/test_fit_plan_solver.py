@@ -164,3 +164,19 @@ def test_status_of_an_interrupted_one_process_fit(tmp_path, capsys):
     assert "fit: 6 of 6 blocks of targets written, 0 missing\n" in status(run, capsys)
     assemble(run, p)
     assert f"fit: complete ({K} targets, calibrated)" in status(run, capsys)
+
+
+def test_a_slurm_fit_pins_the_solver_its_tasks_mem_can_hold(tmp_path):
+    """`fit --executor slurm --mem M`: the plan's solver is the one "auto" picks for M per task, not for the
+    driver's machine (dry run: the plan is made and the scripts written, nothing submitted)."""
+    from datamodels.exec.fit import submit_fit
+    from datamodels.exec.slurm import SlurmOptions
+
+    run = make_run(tmp_path)
+    # the Gram bound (218 MB) does not fit in 100 MB a task, streaming does
+    submit_fit(run, SlurmOptions(mem="100M", max_array_size=1000), dry_run=True)
+    assert parts_of(run).plan()["settings"]["solver"] == "streaming"
+    assert SlurmOptions(mem="8G").mem_bytes() == 8 * 2**30 and SlurmOptions(mem="16000").mem_bytes() == 16000 * 2**20
+    for bad in ("lots", "-3G", "0"):
+        with pytest.raises(DatamodelsError, match="--mem = .* must be a positive size"):
+            SlurmOptions(mem=bad).validate()

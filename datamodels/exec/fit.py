@@ -71,9 +71,11 @@ class FitJobs:
         return blocks_finished(self.plan, self.run.fit_path, self.parts)
 
 
-def plan(run: Run, force: bool = False) -> tuple[FitPlan, np.ndarray]:
-    """(the plan, done bool[n_blocks]) of the spread fit of `run` (made now, or the one recorded)."""
-    return prepare_parts(run.store(mode="r"), run.spec.fit, run.fit_path, parts_of(run), force=force)
+def plan(run: Run, force: bool = False, memory: int | None = None) -> tuple[FitPlan, np.ndarray]:
+    """(the plan, done bool[n_blocks]) of the spread fit of `run` (made now, or the one recorded);
+    memory: bytes a task may use (SLURM's --mem), for the solver a new plan pins."""
+    return prepare_parts(run.store(mode="r"), run.spec.fit, run.fit_path, parts_of(run), force=force,
+                         memory=memory)
 
 
 def fit_status(run: Run) -> dict | None:
@@ -207,7 +209,7 @@ def submit_fit(run: Run, opts, force: bool = False, dry_run: bool = False) -> di
     from .slurm import active_units, submit_blocks
 
     opts.validate()
-    p, done = plan(run, force)
+    p, done = plan(run, force, memory=opts.mem_bytes())
     jobs = FitJobs(run, p)
     # live tasks first, then the files: a task ending in between has written its blocks by then
     queued = active_units(jobs) if not dry_run else np.zeros(0, np.int64)

@@ -72,7 +72,18 @@ class SlurmOptions:
                 raise DatamodelsError(f"--{name.replace('_', '-')} = {v!r} must be a positive integer.")
         if self.template is not None and not Path(self.template).is_file():
             raise DatamodelsError(f"--template = {str(self.template)!r} is not a file.")
+        self.mem_bytes()
         return self
+
+    def mem_bytes(self) -> int | None:
+        """--mem in bytes (sbatch's form: a number, megabytes unless K, M, G or T follows), or None."""
+        if self.mem is None:
+            return None
+        m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)B?\s*", str(self.mem), flags=re.IGNORECASE)
+        if m is None or float(m.group(1)) <= 0:
+            raise DatamodelsError(f"--mem = {self.mem!r} must be a positive size like 8G, 500M or 16000 (megabytes).")
+        unit = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}[m.group(2).upper()]
+        return int(float(m.group(1)) * unit)
 
 
 # ---------------------------------------------------------------------- slurm commands

@@ -141,16 +141,17 @@ class FitPlan:
         est.validate()
         return dataclasses.replace(self, est=est, settings={**self.settings, "solver": solver})
 
-    def resolve_solver(self, xp=None) -> str:
-        """The concrete solver of this plan: its estimator's if not "auto", else the one "auto" picks on
-        this machine (the Gram solver when its memory bound fits here or the estimator needs it, else
-        streaming). Refuses nothing: the tasks check their own memory (:func:`check_solver_memory`)."""
+    def resolve_solver(self, xp=None, memory: int | None = None) -> str:
+        """The concrete solver of this plan: its estimator's if not "auto", else the one "auto" picks for
+        `memory` bytes (the tasks' --mem; None: this machine's): the Gram solver when its memory bound fits
+        or the estimator needs it, else streaming. Refuses nothing: the tasks check their own memory
+        (:func:`check_solver_memory`)."""
         est = self.est
         if est.solver != "auto":
             return est.solver
         if est.estimator != "lasso":
             return "gram"
-        have, _ = est.memory_available(xp)
+        have = memory if memory is not None else est.memory_available(xp)[0]
         return "gram" if est.memory_bytes(self.n, self.k)["total"] <= have else "streaming"
 
     def rows(self, store) -> Callable:
@@ -334,14 +335,14 @@ class FitParts:
 
 
 def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = False,
-                  progress: bool = False) -> tuple[FitPlan, np.ndarray]:
+                  progress: bool = False, memory: int | None = None) -> tuple[FitPlan, np.ndarray]:
     """Plan a spread fit (or take up the one recorded); returns (plan, done bool[n_blocks]).
 
     A fit or a plan made with other settings is refused in one sentence unless
     `force`, which removes it. The plan pins the solver: a recorded plan keeps
     its own, a new one (or one recorded before the pin) gets the one "auto"
-    picks on this machine (:meth:`FitPlan.resolve_solver`), so every task solves
-    with the same. See :func:`blocks_finished` for `done`.
+    picks for `memory` bytes per task (SLURM's --mem; None: this machine's;
+    :meth:`FitPlan.resolve_solver`), so every task solves with the same. See :func:`blocks_finished` for `done`.
     """
     plan = plan_fit(store, fit_spec, progress=progress)
     g = _existing_fit(out_path, plan.settings, force)
@@ -362,7 +363,7 @@ def prepare_parts(store, fit_spec, out_path, parts: FitParts, force: bool = Fals
         parts.clear_blocks()
         old = None
     pinned = (old or {}).get("settings", {}).get("solver")
-    plan = plan.pinned(pinned or plan.resolve_solver())
+    plan = plan.pinned(pinned or plan.resolve_solver(memory=memory))
     if pinned is None:
         write_json(parts.plan_path, {
             "sha": plan.sha, "settings": plan.settings, "fit_spec": dataclasses.asdict(fit_spec),
