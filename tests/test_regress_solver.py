@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import lasso_path as sk_lasso_path
 
@@ -106,7 +106,10 @@ def check_against_sklearn(xp, p, L, dtype, val_rtol=1e-3):
         our_val = ((p["Yv"][:, t, None] - p["Xv"] @ res.path[:, :, t].T) ** 2).mean(0)
         b = res.best[t]
         np.testing.assert_allclose(res.val_mse[:, t], our_val, rtol=1e-4, atol=1e-9)
-        assert our_val[b] <= sk_val.min() * (1 + val_rtol), (t, our_val[b], sk_val.min())
+        # the selection: the lambda we choose is the best one on the exact path. (Our own path's validation error
+        # there can differ from the exact path's by more than val_rtol while its objective is within TOL: a random
+        # design, n 12, m 89, seed 8, L 8 gave 3.1795 against 3.1763 at the same, best, lambda.)
+        assert sk_val[b] <= sk_val.min() * (1 + val_rtol), (t, b, int(np.argmin(sk_val)), sk_val[b], sk_val.min())
     return res
 
 
@@ -122,6 +125,7 @@ def _property(xp, n, k, extra, seed, design, L):
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(**SHAPES)
+@example(n=12, k=1, extra=23, seed=8, design="random", L=8)
 def test_path_objective_and_selection_match_sklearn(n, k, extra, seed, design, L):
     import array_api_compat.numpy as xnp
 
