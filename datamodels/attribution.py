@@ -337,17 +337,21 @@ class Attribution:
         the fit has a calibration: see the module doc; linear_change is the linear model's)."""
         target = self.check_target(target)
         S = self.check_train_indices(remove, "removal index")
-        before = float(self.base_margin(base, [target])[0])
-        delta = float(self.removal_effect(S, [target], base)[0])
+        cols = np.array([target])
+        s = float(self._base_score(base, cols)[0])
+        linear = float(self.removal_effect(S, cols, base, linear=True)[0])
+        cal = self.calibration
+        before = s if cal is None else float(calibrate(cal, np.array([s]), cols)[0])
+        delta = linear
+        if cal is not None and len(S):
+            delta = float(calibrated_change(cal, np.array([s]), np.array([linear]), cols)[0])
         out = {**self.locate(target), "base": _base_name(base), "removed": len(S),
                "margin_before": before, "predicted_change": delta, "margin_after": before + delta,
                "flips": bool(before > 0 and before + delta <= 0),
-               "linear_change": float(self.removal_effect(S, [target], base, linear=True)[0]),
-               "calibrated": self.calibration is not None}
-        if self.calibration is not None:
-            s = float(self._base_score(base, np.array([target]))[0])
-            lo, hi = observed(self.calibration, [target])
-            out["extrapolated"] = bool(not lo[0] <= s <= hi[0] or not lo[0] <= s + out["linear_change"] <= hi[0])
+               "linear_change": linear, "calibrated": cal is not None}
+        if cal is not None:
+            lo, hi = observed(cal, cols)
+            out["extrapolated"] = bool(not lo[0] <= s <= hi[0] or not lo[0] <= s + linear <= hi[0])
         return out
 
     # ------------------------------------------------------------------ influencers and brittleness
@@ -405,10 +409,12 @@ class Attribution:
         cand = cand[np.argsort(-contrib[cand], kind="stable")]
         if budget is not None:
             cand = cand[:int(budget)]
-        after = before - np.cumsum(contrib[cand])
-        if self.calibration is not None:  # g increases: the same order is optimal, only the margins change
-            s = self._base_score(base, np.array([target]))
-            after = calibrate(self.calibration, (s[0] - np.cumsum(contrib[cand]))[:, None], [target])[:, 0]
+        drop = np.cumsum(contrib[cand])
+        if self.calibration is None:
+            after = before - drop
+        else:  # g increases: the same order is optimal, only the margins change
+            s = self._base_score(base, np.array([target]))[0]
+            after = calibrate(self.calibration, (s - drop)[:, None], [target])[:, 0]
         hit = np.flatnonzero(after <= 0)
         if len(hit) == 0:
             return {**out, "correct": True, "found": False, "size": None, "removed": [],
