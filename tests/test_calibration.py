@@ -88,6 +88,31 @@ def test_fit_calibrates_and_removals_grow_like_the_truth():
     assert Datamodels(n_lambdas=20, calibration="none").fit(masks, margins).calibration_ is None
 
 
+def test_the_calibration_holds_at_bases_of_the_fitted_size_only():
+    """g was fitted on alpha-subsets: at the full pool (twice their size) every query reports the linear numbers
+    and says why in one sentence; at "alpha" and at a mask of the fitted size it calibrates."""
+    masks, margins, w = _convex_problem(m=2000, n=60, k=2)
+    attr = Attribution.from_datamodels(Datamodels(n_lambdas=10).fit(masks, margins), alpha=0.5)
+    top = np.argsort(-attr.coef[:, 0])[:6]
+    half = np.zeros(60, bool)
+    half[::2] = True
+    half[top] = True  # 33 of 60: within three binomial sd (11.6) of 30
+    full = np.ones(60, bool)
+    for base, calibrated in (("alpha", True), (half, True), ("full", False), (full, False)):
+        cf = attr.counterfactual(top, 0, base=base)
+        lin = attr.removal_effect(top, [0], base=base, linear=True)[0]
+        assert cf["calibrated"] is calibrated and cf["linear_change"] == lin
+        assert (cf["predicted_change"] == lin) is not calibrated
+        assert attr.removal_effect(top, [0], base=base)[0] == cf["predicted_change"]
+        assert (attr.base_margin(base, [0])[0] == attr.base_margin(base, [0], linear=True)[0]) is not calibrated
+        assert attr.brittleness(0, base)["calibrated"] is calibrated
+        if not calibrated:
+            assert cf["calibration_note"] == ("linear change: the base holds 60 training examples and the "
+                                              "calibration was fitted on subsets of about 30")
+    assert attr.calibration_at(np.arange(60) < 42) is not None  # 12 above 30: inside 3 sd + 1 = 12.6
+    assert attr.calibration_at(np.arange(60) < 43) is None
+
+
 def test_calibration_is_saved_and_a_bad_shape_is_one_sentence(tmp_path):
     masks, margins, _ = _convex_problem(m=400, n=30, k=2)
     dm = Datamodels(n_lambdas=5).fit(masks, margins)

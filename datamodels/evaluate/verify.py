@@ -122,7 +122,7 @@ def verify_removals(attr, spec, data_dir, targets, sizes=(5, 10, 20, 40), n_base
         "spearman": round(float(spearmanr(p, a).statistic), 4),
         "pearson": round(float(pearsonr(p, a).statistic), 4),
         "spearman_linear": round(float(spearmanr(lin_tz.ravel(), a).statistic), 4),
-        "calibrated": attr.calibration is not None,
+        "calibrated": attr.calibration_at(base) is not None,
         "n_pairs": int(p.size),
         "per_size": per_size,
         "flipped_actual": int(((base_margin[:, None] > 0) & (base_margin[:, None] + act_tz < 0)).sum()),
