@@ -18,6 +18,13 @@ does not beat the plain lasso here would not beat it with an honest choice.
   (the rank of training image i among target t's nearest images, in 10 bins, times
   same label or not), fitted by least squares on all targets at once; then the lasso
   on the residual margins (the lasso corrects the prior).
+* ``gauss_rank_target``: the lasso (its own validated lambda) on each target's margins
+  replaced by their normal scores (a monotone link fitted first, which the LDS's ranks ignore).
+* ``class_mean_plus_sparse_xC``: each training class's count in the subset as an
+  unpenalised column, so a target's weights are a mean per training class plus sparse
+  deviations (lambda at C times the validated one).
+* ``noise_factors_R``: seed noise shared across targets as a control variate: the top R
+  factors of the lasso's residuals over the training models partialled out, then the lasso.
 * ``trak_prior``: TRAK-style gradient-feature scores from --trak-models of the engine's
   own models (the reference trainer, fresh alpha-0.5 subsets, seeds from 2,600,000,000):
   per model the margin's gradient for every training and target example, randomly
@@ -26,6 +33,13 @@ does not beat the plain lasso here would not beat it with an honest choice.
   (``trak_prior_then_lasso``: scaled per target by least squares on the training models,
   then the lasso on the residual margins). Costs --trak-models trainings, counted in the
   output.
+
+Oracle bounds (``oracle`` per size; not estimators, they are handed the answer): the
+weights of the lasso on the run's most models (--oracle-models, 20,000: the curve's
+last point, whose rows include these) tell a linear fit on the first N models which
+examples matter (``support_K``: least squares on each target's K largest) or how large
+each weight is (``bayes_prior``: a Gaussian prior per weight with that variance). If
+these stay under a goal, no estimator on the same N single-run margins reaches it.
 
     python analysis/estimator_probes.py [--model mlp] [--sizes 1000,2000,5000]
 
@@ -117,7 +131,7 @@ def trak_scores(spec, run, n_models: int, dim: int, seed: int = 0) -> np.ndarray
     return scores
 
 
-def probes(run, gt, masks, margins, dm, basis, spec, trak=None) -> dict:
+def probes(run, gt, masks, margins, dm, basis, onehot, spec, trak=None) -> dict:
     from datamodels.evaluate import lds_ground_truth
     from datamodels.regress import Datamodels
     from datamodels.regress.solver import lasso_at
@@ -130,16 +144,44 @@ def probes(run, gt, masks, margins, dm, basis, spec, trak=None) -> dict:
     X = masks.astype(np.float64)
     Y = margins.astype(np.float64)
     m = len(X)
-    mu, sd = X.mean(0), X.std(0)
-    Z = (X - mu) / sd
     Yc = Y - Y.mean(0)
-    G = (Z.T @ Z / m).astype(np.float32)
-    C = (Z.T @ Yc / m).astype(np.float32)
-    yy = (Yc ** 2).sum(0) / m
-    for c in (0.5, 0.7, 1.4, 2.0):
-        W, *_ = lasso_at(G, C, yy, dm.lam_ * c, np.zeros_like(C), tol=1e-5, max_iter=500)
-        out[f"lasso_lambda_x{c}"] = lds(np.asarray(W, np.float64) / sd[:, None])
-    Xc = X - mu
+
+    def lasso_on(Xd, Yd, scales):
+        """{c: W} of the lasso of Yd on the columns of Xd at c x each target's validated lambda."""
+        sd = Xd.std(0)
+        Z = (Xd - Xd.mean(0)) / sd
+        Ydc = Yd - Yd.mean(0)
+        G = (Z.T @ Z / m).astype(np.float32)
+        C = (Z.T @ Ydc / m).astype(np.float32)
+        yy = (Ydc ** 2).sum(0) / m
+        return {c: np.asarray(lasso_at(G, C, yy, dm.lam_ * c, np.zeros_like(C), tol=1e-5, max_iter=500)[0],
+                              np.float64) / sd[:, None] for c in scales}
+
+    def partial_out(A, M):
+        return M - A @ np.linalg.lstsq(A, M, rcond=None)[0]
+
+    for c, W in lasso_on(X, Y, (0.5, 0.7, 1.4, 2.0)).items():
+        out[f"lasso_lambda_x{c}"] = lds(W)
+    # the margins' ranks mapped to normal scores (a monotone link fitted before the lasso)
+    from scipy.stats import norm, rankdata
+    f = spec.fit
+    out["gauss_rank_target"] = lds(np.asarray(Datamodels(
+        n_lambdas=f.n_lambdas, lambda_ratio=f.lambda_ratio, val_fraction=f.val_fraction, max_iter=f.max_iter,
+        tol=f.tol, calibration="none").fit(masks, norm.ppf((rankdata(Y, axis=0) - 0.5) / m).astype(np.float32)).coef_,
+        np.float64))
+    # class means plus sparse deviations: each training class's count in the subset, unpenalised
+    A = np.concatenate([np.ones((m, 1)), X @ onehot], 1)
+    for c, W in lasso_on(partial_out(A, X), partial_out(A, Y), (0.7, 1.0, 1.4)).items():
+        a = np.linalg.lstsq(A, Y - X @ W, rcond=None)[0][1:]
+        out[f"class_mean_plus_sparse_x{c}"] = lds(W + onehot @ a)
+    # seed noise shared across targets as a control variate: the top R factors of the lasso's
+    # residuals (one value per training model) partialled out before refitting
+    R = Y - X @ W0
+    U = np.linalg.svd(R - R.mean(0), full_matrices=False)[0]
+    for r in (1, 3, 10):
+        A = np.concatenate([np.ones((m, 1)), U[:, :r]], 1)
+        out[f"noise_factors_{r}"] = lds(lasso_on(partial_out(A, X), partial_out(A, Y), (1.0,))[1.0])
+    Xc = X - X.mean(0)
     ev, V = np.linalg.eigh(Xc.T @ Xc)
     VC = V.T @ (Xc.T @ Yc)
     out["ridge"] = max(lds(V @ (VC / (ev + lam)[:, None])) for lam in (10, 30, 100, 300, 1000, 3000))
@@ -159,7 +201,6 @@ def probes(run, gt, masks, margins, dm, basis, spec, trak=None) -> dict:
     beta = np.linalg.solve(np.einsum("bmk,cmk->bc", D, D) + 1e-6 * np.eye(len(basis)), np.einsum("bmk,mk->b", D, Yc))
     Wp = np.einsum("b,bnk->nk", beta, basis)
     out["pixel_prior_alone"] = lds(Wp)
-    f = spec.fit
     res = Datamodels(n_lambdas=f.n_lambdas, lambda_ratio=f.lambda_ratio, val_fraction=f.val_fraction,
                      max_iter=f.max_iter, tol=f.tol, calibration="none").fit(masks, (Y - X @ Wp).astype(np.float32))
     out["pixel_prior_then_lasso"] = lds(Wp + res.coef_)
@@ -174,6 +215,39 @@ def probes(run, gt, masks, margins, dm, basis, spec, trak=None) -> dict:
     return out
 
 
+def oracle_bounds(gt, masks, margins, W_ref) -> dict:
+    """LDS of linear fits to these models that are handed the answer: a ceiling, not an estimator.
+
+    W_ref: the lasso on the run's most models (its rows include these). ``support_K``:
+    least squares on the K largest |W_ref| of each target; ``bayes_prior``: each weight
+    given its own Gaussian prior of variance W_ref[i, t]^2 and the noise its residual
+    variance on these rows (the posterior mean: the best linear estimate if W_ref were the
+    truth's scale, weight by weight).
+    """
+    from datamodels.evaluate import lds_ground_truth
+
+    def lds(W):
+        return round(float(lds_ground_truth(gt.masks.astype(np.float64) @ W, gt)["lds"]), 4)
+
+    X = masks.astype(np.float64)
+    Y = margins.astype(np.float64)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    out = {"reference": lds(W_ref)}
+    order = np.argsort(-np.abs(W_ref), axis=0)
+    for K in (50, 100, 200, 400):
+        W = np.zeros_like(W_ref)
+        for t in range(W.shape[1]):
+            S = order[:K, t]
+            W[S, t] = np.linalg.lstsq(Xc[:, S], Yc[:, t], rcond=None)[0]
+        out[f"support_{K}"] = lds(W)
+    noise = ((Yc - Xc @ W_ref) ** 2).mean(0)
+    XtX, XtY = Xc.T @ Xc, Xc.T @ Yc
+    W = np.stack([np.linalg.solve(XtX + np.diag(noise[t] / np.maximum(W_ref[:, t] ** 2, 1e-8)), XtY[:, t])
+                  for t in range(W_ref.shape[1])], axis=1)
+    out["bayes_prior"] = lds(W)
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mlp")
@@ -181,9 +255,12 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(REPO / "runs" / "lds_curve"))
     p.add_argument("--trak-models", type=int, default=20, help="models for the TRAK-style prior (0: skip it)")
     p.add_argument("--trak-dim", type=int, default=1024, help="random projection of the gradient features")
+    p.add_argument("--oracle-models", type=int, default=20000,
+                   help="the fit whose weights the oracle bounds are handed (0: skip them)")
     a = p.parse_args(argv)
     from lds_curve import fit_path
 
+    from datamodels.data import load_split
     from datamodels.evaluate import train_ground_truth
     from datamodels.regress import Datamodels
     from datamodels.runs import open_run
@@ -195,18 +272,24 @@ def main(argv=None) -> int:
     gt = train_ground_truth(spec, run.data_dir, run.path / "eval", n_subsets=100, runs=5, offset=GT_OFFSET,
                             min_offset=store.n_models, progress=False, n_train=store.n_train)
     basis = pixel_basis(run)
+    onehot = np.eye(10)[np.asarray(load_split(run.data_dir, "train")[1])]
+    ref_path = fit_path(run.path, a.oracle_models, "lasso")
+    ref = np.asarray(Datamodels.load(ref_path).coef_, np.float64) if a.oracle_models and ref_path.exists() else None
     trak = trak_scores(spec, run, a.trak_models, a.trak_dim) if a.trak_models else None
     result = {"experiment": "estimator probes: upper bounds (knobs chosen on the ground truth) vs the plain lasso",
               "model": a.model, "ground_truth": gt.protocol, "sizes": {},
-              "trak": {"models": a.trak_models, "dim": a.trak_dim, "index_offset": TRAK_OFFSET}}
+              "trak": {"models": a.trak_models, "dim": a.trak_dim, "index_offset": TRAK_OFFSET},
+              "oracle_reference": {"models": a.oracle_models, "fit": str(ref_path) if ref is not None else None}}
     for N in (int(s) for s in a.sizes.split(",")):
         path = fit_path(run.path, N, "lasso")
         if not path.exists():
             raise SystemExit(f"{path} does not exist: run analysis/lds_curve.py --sizes {N} first.")
         masks, margins = store.read(np.arange(N))
-        r = probes(run, gt, masks, margins, Datamodels.load(path), basis, spec, trak)
+        r = probes(run, gt, masks, margins, Datamodels.load(path), basis, onehot, spec, trak)
         best = max((v, k) for k, v in r.items() if k != "lasso")
         r["best_probe"] = {"name": best[1], "lds": best[0], "gain_over_lasso": round(best[0] - r["lasso"], 4)}
+        if ref is not None and N < a.oracle_models:
+            r["oracle"] = oracle_bounds(gt, masks, margins, ref)
         result["sizes"][str(N)] = r
         print(f"[{a.model}] N={N}: {r}", file=sys.stderr, flush=True)
     emit(result, "estimator_probes")
