@@ -33,7 +33,8 @@ whichever they are (fixed-size subsets cannot tell a datamodel about it).
 Reported per estimator and base: Spearman (and Pearson) between predicted and
 actual changes over the 50 x 4 (target, size) pairs, per-size means and their
 ratio predicted / actual (goal: within 20%, i.e. 0.8..1.2, at every size, with
-the Spearman at least 0.95), and how many predictions flip.
+the Spearman at least 0.95), each with a 95% bootstrap interval over the targets (the
+50 are a sample of the test set), and how many predictions flip.
 
     python analysis/verify_counterfactuals.py --fit-models 5000 --estimators lasso,relaxed
     python analysis/verify_counterfactuals.py --quick   # on the --quick curve run
@@ -145,10 +146,25 @@ def verify(attr, spec, run, targets, sizes, a, base: str, offset: int, n_bases: 
     for z in res["per_size"]:
         z["ratio"] = round(z["predicted_mean"] / z["actual_mean"], 4) if z["actual_mean"] else None
         z["ratio_linear"] = round(z["predicted_linear_mean"] / z["actual_mean"], 4) if z["actual_mean"] else None
+    add_intervals(res)
     ratios = [z["ratio"] for z in res["per_size"]]
     res["goal"] = {**GOAL, "met": bool(all(r is not None and abs(r - 1) <= GOAL["ratio_within"] for r in ratios)
                                        and res["spearman"] >= GOAL["spearman_at_least"])}
     return res
+
+
+def add_intervals(res: dict, draws: int = 2000, seed: int = 0) -> None:
+    """95% bootstrap intervals over the targets (the 50 are a sample of the test set): each size's ratio
+    predicted / actual (``ratio_ci95``) and the Spearman over all pairs (``spearman_ci95``)."""
+    from scipy.stats import spearmanr
+
+    P, A = np.asarray(res["pairs"]["predicted"]), np.asarray(res["pairs"]["actual"])  # [targets, sizes]
+    idx = np.random.default_rng(seed).integers(0, len(P), size=(draws, len(P)))
+    ratios = P[idx].mean(axis=1) / A[idx].mean(axis=1)  # [draws, sizes]
+    for z, lo, hi in zip(res["per_size"], *np.percentile(ratios, [2.5, 97.5], axis=0)):
+        z["ratio_ci95"] = [round(float(lo), 3), round(float(hi), 3)]
+    rho = [spearmanr(P[i].ravel(), A[i].ravel()).statistic for i in idx[:500]]
+    res["spearman_ci95"] = [round(float(v), 4) for v in np.percentile(rho, [2.5, 97.5])]
 
 
 def random_control(spec, run, targets, sizes, a, n_bases: int, runs: int, offset: int) -> dict:
@@ -195,18 +211,21 @@ def add_calibration(path: Path, dm, store, n_models: int):
 
 
 def table(out: dict) -> str:
-    lines = [f"{'estimator':<10} {'base':<6} {'size':>4} {'predicted':>9} {'actual':>8} {'ratio':>6} {'spearman':>8} "
+    lines = [f"{'estimator':<10} {'base':<6} {'size':>4} {'predicted':>9} {'actual':>8} {'ratio':>6} {'95% CI':>9} "
+             f"{'spearman':>8} "
              f"{'linear':>8} {'ratio':>6}"]
     for est, r in out["estimators"].items():
         for base in ("alpha_base", "full_pool"):
             if base not in r:
                 continue
             for z in r[base]["per_size"]:
+                ci = "-".join(f"{v:.2f}" for v in z["ratio_ci95"])
                 lines.append(f"{est:<10} {base.split('_')[0]:<6} {z['size']:>4} {z['predicted_mean']:9.3f} "
-                             f"{z['actual_mean']:8.3f} {z['ratio']:6.3f} {z['spearman']:8.4f} "
+                             f"{z['actual_mean']:8.3f} {z['ratio']:6.3f} {ci:>9} {z['spearman']:8.4f} "
                              f"{z['predicted_linear_mean']:8.3f} {z['ratio_linear']:6.3f}")
-            lines.append(f"{est:<10} {base.split('_')[0]:<6} {'all':>4} {'':>9} {'':>8} {'':>6} "
-                         f"{r[base]['spearman']:8.4f} {'':>8} {'':>6}  linear spearman "
+            lines.append(f"{est:<10} {base.split('_')[0]:<6} {'all':>4} {'':>9} {'':>8} {'':>6} {'':>9} "
+                         f"{r[base]['spearman']:8.4f} {'':>8} {'':>6}  (95% CI "
+                         f"{r[base]['spearman_ci95'][0]:.3f}-{r[base]['spearman_ci95'][1]:.3f})  linear spearman "
                          f"{r[base]['spearman_linear']:.4f}   goal met: {r[base]['goal']['met']}")
     for z in out.get("random_control", {}).get("per_size", []):
         lines.append(f"{'random':<10} {'alpha':<6} {z['size']:>4} {'':>9} {z['actual_mean']:8.3f}")
