@@ -653,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predicted effect of removing these training examples: 3,17,40:50 or a .npy/.txt file")
     s.add_argument("--base", default="full", metavar="BASE",
                    help="what --remove and --brittleness remove from: full (the whole pool; default), "
-                        "alpha (expectation over the random alpha-subsets), or a subset as indices / file")
+                        "alpha (expectation over the random alpha-subsets), or a subset as indices / file; "
+                        "sizes are calibrated at bases of about the fitted subset size, linear from the full pool")
     s.add_argument("--subset", default=None, metavar="IDX", help="predicted margin of a model trained on exactly these examples")
     s.add_argument("--brittleness", action="store_true",
                    help="smallest set of top positive influencers whose removal is predicted to flip the target")
