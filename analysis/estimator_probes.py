@@ -38,8 +38,9 @@ Oracle bounds (``oracle`` per size; not estimators, they are handed the answer):
 weights of the lasso on the run's most models (--oracle-models, 20,000: the curve's
 last point, whose rows include these) tell a linear fit on the first N models which
 examples matter (``support_K``: least squares on each target's K largest) or how large
-each weight is (``bayes_prior``: a Gaussian prior per weight with that variance). If
-these stay under a goal, no estimator on the same N single-run margins reaches it.
+each weight is (``bayes_prior``: a Gaussian prior per weight with that variance). Strong
+references, not proven ceilings: if even these stay under a goal, an estimator that has
+only the same N single-run margins is not expected to reach it.
 
     python analysis/estimator_probes.py [--model mlp] [--sizes 1000,2000,5000]
 

@@ -155,7 +155,8 @@ def verify(attr, spec, run, targets, sizes, a, base: str, offset: int, n_bases: 
 
 def add_intervals(res: dict, draws: int = 2000, seed: int = 0) -> None:
     """95% bootstrap intervals over the targets (the 50 are a sample of the test set): each size's ratio
-    predicted / actual (``ratio_ci95``) and the Spearman over all pairs (``spearman_ci95``)."""
+    predicted / actual (``ratio_ci95``, `draws` resamples) and the Spearman over all pairs
+    (``spearman_ci95``, the first 500 of them)."""
     from scipy.stats import spearmanr
 
     P, A = np.asarray(res["pairs"]["predicted"]), np.asarray(res["pairs"]["actual"])  # [targets, sizes]

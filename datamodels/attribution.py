@@ -29,12 +29,16 @@ of influencers is unchanged (g increases); ``linear=True`` gives the linear
 numbers, and a counterfactual reports both, and whether its scores leave the
 range the calibration saw (``"extrapolated"``). g is fitted on subsets of the
 fitted size (about alpha n), so it is used only at bases of about that size
-(within three binomial standard deviations, ``"alpha"`` or an alpha-sized mask);
-at the full pool the linear numbers are reported (``"calibrated": False``): on
-the digits MLP, removals of 5-40 top influencers from the full pool moved the
-margin by 0.70-0.89 of the datamodels' linear change and 0.69-0.73 of the
-calibrated one (``analysis/verify_counterfactuals.py``, 20,000 models): a
-larger training set has more redundancy, which the alpha-subsets do not show.
+(within three binomial standard deviations plus one example: ``"alpha"`` or an
+alpha-sized mask; see :meth:`Attribution.calibration_at`); elsewhere, as at the
+full pool whenever n (1 - alpha) exceeds that band, the linear numbers are
+reported (``"calibrated": False`` and a ``"calibration_note"``): on the digits
+MLP, removals of 5-40 top influencers from the full pool moved the margin by
+0.70-0.89 of the datamodels' linear change and 0.69-0.73 of the calibrated one
+(``analysis/verify_counterfactuals.py``, 20,000 models;
+``analysis/results/verify_counterfactuals_full_calibrated.json`` holds the
+calibrated run): a larger training set has more redundancy, which the
+alpha-subsets do not show.
 
 Score matrix convention (:meth:`Attribution.scores`): ``scores[i, j] = W[i, j]``,
 shape ``[n_train, n_targets]``, higher = training example i pushes target j's
@@ -299,7 +303,8 @@ class Attribution:
 
     def base_margin(self, base="full", targets=None, linear: bool = False) -> np.ndarray:
         """Predicted margin float64[len(targets)] at a base: "full", "alpha" or a mask bool[n]
-        (calibrated when the fit has a calibration, unless linear)."""
+        (calibrated when the fit has a calibration and the base is about alpha n in size, see
+        calibration_at; unless linear)."""
         cols = self._targets(targets)
         s = self._base_score(base, cols)
         cal = self.calibration_at(base)
@@ -342,8 +347,8 @@ class Attribution:
         """Predicted margin change float64[len(targets)] when the training examples `remove` are taken out.
 
         Linear change: base "full": -sum_{i in S} W[i]; "alpha": -alpha sum_{i in S} W[i];
-        mask: -sum_{i in S, mask[i]} W[i]. Repeated indices count once. With a calibration
-        (and not linear): g(s + change) - g(s), s the base's score.
+        mask: -sum_{i in S, mask[i]} W[i]. Repeated indices count once. With a calibration at a base of
+        about the fitted size (calibration_at; and not linear): g(s + change) - g(s), s the base's score.
         """
         S = self.check_train_indices(remove, "removal index")
         cols = self._targets(targets)
@@ -357,7 +362,8 @@ class Attribution:
 
     def counterfactual(self, remove, target: int, base="full") -> dict[str, Any]:
         """One target's predicted margin before and after removing `remove`, as a dict (calibrated when
-        the fit has a calibration: see the module doc; linear_change is the linear model's)."""
+        the fit has a calibration and the base is about alpha n in size: see the module doc and
+        calibration_at; linear_change is the linear model's)."""
         target = self.check_target(target)
         S = self.check_train_indices(remove, "removal index")
         cols = np.array([target])

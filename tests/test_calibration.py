@@ -107,10 +107,16 @@ def test_the_calibration_holds_at_bases_of_the_fitted_size_only():
         assert (attr.base_margin(base, [0])[0] == attr.base_margin(base, [0], linear=True)[0]) is not calibrated
         assert attr.brittleness(0, base)["calibrated"] is calibrated
         if not calibrated:
-            assert cf["calibration_note"] == ("linear change: the base holds 60 training examples and the "
-                                              "calibration was fitted on subsets of about 30")
-    assert attr.calibration_at(np.arange(60) < 42) is not None  # 12 above 30: inside 3 sd + 1 = 12.6
-    assert attr.calibration_at(np.arange(60) < 43) is None
+            note = ("linear change: the base holds 60 training examples and the calibration was fitted on "
+                    "subsets of about 30")
+            assert cf["calibration_note"] == note and attr.brittleness(0, base)["calibration_note"] == note
+    # the band is alpha n +- (3 binomial sd + 1) = 30 +- 12.6 on both sides
+    assert attr.calibration_at(np.arange(60) < 42) is not None and attr.calibration_at(np.arange(60) < 18) is not None
+    assert attr.calibration_at(np.arange(60) < 43) is None and attr.calibration_at(np.arange(60) < 17) is None
+    # at alpha 0.3 the band is 18 +- 11.6: alpha n, not n / 2
+    at03 = Attribution(attr.coef, attr.intercept, alpha=0.3, calibration=attr.calibration)
+    assert at03.calibration_at("alpha") is not None and at03.calibration_at(np.arange(60) < 29) is not None
+    assert at03.calibration_at(np.arange(60) < 30) is None and at03.calibration_at(np.arange(60) < 6) is None
 
 
 def test_calibration_is_saved_and_a_bad_shape_is_one_sentence(tmp_path):

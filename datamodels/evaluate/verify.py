@@ -23,7 +23,7 @@ def removal_design(attr, seed: int, alpha: float, sampler: str, targets, sizes, 
     (same init, same data-order stream) and seed noise largely cancels.
     Returns arrays: masks bool[N, n], indices int64[N], and for the removal jobs
     job_target, job_size, job_base (int64[N], -1 for base models), predicted
-    float64[T, len(sizes), B] (calibrated when attr has a calibration),
+    float64[T, len(sizes), B] (calibrated when attr has one at these bases: attr.calibration_at),
     predicted_linear (the linear model's), removed int64[T, len(sizes), B] (set sizes used).
     """
     targets = np.asarray([attr.check_target(int(t)) for t in targets], dtype=np.int64)
