@@ -57,8 +57,9 @@ def lds_by_column(per_target: np.ndarray, target_sets, metadata: dict) -> dict:
 def brittleness_all(attr, columns: np.ndarray, base: str = "full") -> tuple[dict, list]:
     """Brittleness of each target column (smallest removal of top positive influencers predicted to flip it).
 
-    Returns (summary {"base", "n_targets", "already_wrong", "found", "not_found", "size_quartiles"},
-    per-column list of size or None, in `columns` order).
+    Returns (summary {"base", "calibrated", "n_targets", "already_wrong", "found", "not_found",
+    "size_quartiles"}, per-column list of size or None, in `columns` order); calibrated: whether the
+    margins came from the fit's calibration (only at bases of about the fitted size; linear at the full pool).
     """
     sizes, wrong, missing = [], 0, 0
     for j in columns:
@@ -70,7 +71,8 @@ def brittleness_all(attr, columns: np.ndarray, base: str = "full") -> tuple[dict
         sizes.append(b["size"])
     found = [s for s in sizes if s is not None]
     q = [_r(v, 1) for v in np.percentile(found, [25, 50, 75])] if found else None
-    return ({"base": base, "n_targets": len(sizes), "already_wrong": wrong, "found": len(found),
+    return ({"base": base, "calibrated": attr.calibration_at(base) is not None, "n_targets": len(sizes),
+             "already_wrong": wrong, "found": len(found),
              "not_found": missing, "size_quartiles": q}, sizes)
 
 
