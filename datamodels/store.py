@@ -436,8 +436,10 @@ class Store:
         if len(indices) == 0:
             return np.zeros((0, self.n_train), bool), np.zeros((0, self.n_targets), np.float32)
         lo, hi = int(indices.min()), int(indices.max()) + 1
-        c = self.consolidated()
-        if c is not None:
+        c = self._consolidated_copy()
+        # the copy serves these rows only if their done flags are still those it was made from (a few done
+        # chunks read here; no directory mtime is trusted: networked filesystems cache it for many seconds)
+        if c is not None and np.array_equal(np.asarray(c["done"][lo:hi]), np.asarray(self.group["done"][lo:hi])):
             packed = np.asarray(c["masks"][lo:hi])[indices - lo]
             masks = np.unpackbits(packed, axis=1, count=self.n_train).view(bool)
             margins = np.asarray(c["margins"][lo:hi])[indices - lo]
@@ -484,6 +486,9 @@ class Store:
         if len(indices) and not (0 <= indices[0] and indices[-1] < self.n_models):
             raise StoreError(f"model index = {int(indices[0] if indices[0] < 0 else indices[-1])} is outside "
                              f"the store's 0..{self.n_models - 1}.")
+        c = self._consolidated_copy()
+        if len(indices) and c is not None:  # a row retrained later would look current to read(): retire the copy
+            c.attrs["complete"] = False
         for c, rows in self._chunk_runs(indices):
             with self.chunk_lock(c):
                 for i in rows.tolist():
@@ -505,25 +510,17 @@ class Store:
     # ------------------------------------------------------------------ consolidation
     def consolidated(self) -> zarr.Group | None:
         """The consolidated group if it exists and was made from the current done flags, else None."""
-        # a new done flag adds a file to done/c and so changes its mtime: while neither that nor the
-        # consolidated copy changed, the last answer stands (the fit calls read() once per block of rows)
-        try:
-            key = ((self.path / "done" / "c").stat().st_mtime_ns,
-                   (self.path / CONSOLIDATED / "zarr.json").stat().st_mtime_ns)
-        except FileNotFoundError:
-            key = None
-        cached = getattr(self, "_consolidated_cache", None)
-        if key is not None and cached is not None and cached[0] == key:
-            return cached[1]
+        c = self._consolidated_copy()
+        if c is None or not np.array_equal(np.asarray(c["done"][:]), self.done_mask()):
+            return None  # rows were written since: the row chunks are the truth
+        return c
+
+    def _consolidated_copy(self) -> zarr.Group | None:
+        """The consolidated group if a complete one exists (current or not: :meth:`read` checks its rows)."""
         if CONSOLIDATED not in self.group:
             return None
         c = self.group[CONSOLIDATED]
-        if not c.attrs.get("complete"):
-            return None
-        if not np.array_equal(np.asarray(c["done"][:]), self.done_mask()):
-            return None  # rows were written since: the row chunks are the truth
-        self._consolidated_cache = (key, c)
-        return c
+        return c if c.attrs.get("complete") else None
 
     def consolidate(self, rows_per_chunk: int | None = None, progress: bool = True) -> dict:
         """Copy masks (bit-packed) and margins into chunks of many rows, for fast reading.

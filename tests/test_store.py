@@ -140,6 +140,31 @@ def test_consolidated_reads_equal_row_reads_and_go_stale_on_write(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_stale_consolidated_copy_is_never_read_even_where_directory_times_lie(tmp_path):
+    """Networked filesystems (NFS, sshfs) cache a directory's mtime for seconds: with the done directory's time
+    put back as a cache would show it, a row written after consolidation is still read from its own chunk, and
+    a row set back to not done and retrained is read as retrained (mark_undone retires the copy)."""
+    import os
+
+    store = make_store(tmp_path / "s.zarr", m=50, n=37)
+    fill(store, range(0, 45))
+    store.consolidate(rows_per_chunk=16, progress=False)
+    done_dir = store.path / "done" / "c"
+    st = done_dir.stat()
+    assert store.read([3, 46])[1][0].tolist() == store.read_rows([3])[1][0].tolist()
+    new = fill(store, [46], seed=9)
+    os.utime(done_dir, ns=(st.st_atime_ns, st.st_mtime_ns))  # the time a cache would still show
+    np.testing.assert_array_equal(store.read([46])[1][0], new[0])
+    np.testing.assert_array_equal(store.read(np.arange(40, 50))[1][6], new[0])
+    assert store.consolidated() is None
+    store.consolidate(rows_per_chunk=16, progress=False)
+    store.mark_undone([3], reason="damaged")
+    again = fill(store, [3], seed=11)
+    os.utime(done_dir, ns=(st.st_atime_ns, st.st_mtime_ns))
+    np.testing.assert_array_equal(store.read(np.arange(0, 10))[1][3], again[0])
+    assert store.consolidated() is None
+
+
 def test_block_chunks_read_much_faster_than_row_chunks(tmp_path):
     """The fit reads every done row: from one-row chunks (format 1), from 250-row chunks (format 2)
     and from the consolidated copy; all three return the same rows."""
