@@ -486,9 +486,9 @@ class Store:
         if len(indices) and not (0 <= indices[0] and indices[-1] < self.n_models):
             raise StoreError(f"model index = {int(indices[0] if indices[0] < 0 else indices[-1])} is outside "
                              f"the store's 0..{self.n_models - 1}.")
-        c = self._consolidated_copy()
-        if len(indices) and c is not None:  # a row retrained later would look current to read(): retire the copy
-            c.attrs["complete"] = False
+        copy = self._consolidated_copy() if len(indices) else None
+        if copy is not None:  # a row retrained later would look current to read(): retire the copy
+            copy.attrs["complete"] = False
         for c, rows in self._chunk_runs(indices):
             with self.chunk_lock(c):
                 for i in rows.tolist():
